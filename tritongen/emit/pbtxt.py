@@ -1,0 +1,77 @@
+"""Render config.pbtxt from templates/ with jinja2; parse every result with Triton's proto."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..errors import EmitError
+
+NUMPY_TO_TRITON = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+    "bytes": "TYPE_STRING",
+}
+
+
+def templates_dir() -> Path:
+    """The repository's top-level templates/ (an editable install) or the installed copy."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "templates", here.parents[1] / "templates"):
+        if (candidate / "ensemble").is_dir():
+            return candidate
+    raise EmitError(f"templates/ not found next to {here.parents[1]}; reinstall tritongen")
+
+
+def _pbstr(value: Any) -> str:
+    """A protobuf text-format string literal."""
+    text = str(value)
+    if any(ord(c) < 0x20 for c in text):
+        raise EmitError(f"control character in config value {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pbstr"] = _pbstr
+    return env
+
+
+def template_path(relative: str) -> Path:
+    return templates_dir() / relative
+
+
+def render_config(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def parse_config(text: str, expected_name: str):
+    """Parse config.pbtxt text into ``model_config_pb2.ModelConfig``; raise EmitError if invalid."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise EmitError(f"generated config for {expected_name!r} does not parse as a Triton ModelConfig: {exc}\n{text}") from None
+    if config.name != expected_name:
+        raise EmitError(f"generated config names model {config.name!r}, expected {expected_name!r}")
+    if not (config.platform or config.backend):
+        raise EmitError(f"generated config for {expected_name!r} has neither platform nor backend")
+    return config

@@ -1,0 +1,187 @@
+"""Write a Triton model repository: ensemble NAME = NAME_preprocess -> NAME_runtime -> NAME_postprocess.
+
+Everything is rendered and proto-validated in memory first, written into a staging
+directory inside the output, and only then renamed into place, so a failure leaves the
+repository as it was.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import EmitError
+from ..intake.spec import ModelSpec
+from ..processing.pipeline import PIPELINE_FILE
+from .backends import get_backend
+from .pbtxt import NUMPY_TO_TRITON, parse_config, render_config, template_path
+
+PROCESSING_PACKAGE = "tritongen_processing"  # the name tritongen.processing gets inside a model
+BUILD_INFO_FILE = "tritongen_build.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ModelDir:
+    name: str
+    config_text: str
+    files: dict[str, Path | str] = field(default_factory=dict)  # path in the model dir -> source file or text
+    config: Any = None  # parsed ModelConfig
+
+
+@dataclass
+class Repository:
+    path: Path
+    ensemble: str
+    models: list[str]
+    backend: str
+    served_locally: bool
+
+
+def _tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+    if dtype not in NUMPY_TO_TRITON:
+        raise EmitError(f"tensor {name!r} has dtype {dtype}, which Triton configs cannot express")
+    return {"name": name, "data_type": NUMPY_TO_TRITON[dtype], "dims": list(dims)}
+
+
+def plan_models(
+    spec: ModelSpec,
+    backend_name: str,
+    name: str,
+    onnx_path: Path | None,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    threads: int = 1,
+    min_image_side: int | None = None,
+    build_info: dict[str, Any] | None = None,
+) -> list[ModelDir]:
+    """The four model directories, rendered and validated, nothing written yet."""
+    backend = get_backend(backend_name)
+    if backend.needs_onnx and onnx_path is None:
+        raise EmitError(f"backend {backend_name} needs an ONNX model")
+    if max_batch_size < 1:
+        raise EmitError("max_batch_size must be >= 1")
+    pipeline_json = _pipeline_json(spec, min_image_side)
+    names = {step: f"{name}_{step}" for step in ("preprocess", "runtime", "postprocess")}
+    model_input = spec.image_input
+    raw_output = spec.outputs[0]
+    image = _tensor("IMAGE", "bytes", [1])
+    model_in = _tensor(model_input.name, model_input.dtype, spec.preprocessed_shape)
+    model_out = _tensor(raw_output.name, raw_output.dtype, list(raw_output.shape[1:]))
+    results = _task_outputs(spec)
+
+    common = {"max_batch_size": max_batch_size, "parameters": {}, "platform": None, "backend": "python",
+              "preferred_batch_sizes": [], "max_queue_delay_us": 0}
+    python_files = {"1/" + PIPELINE_FILE: pipeline_json}
+    models = [
+        ModelDir(
+            names["preprocess"],
+            render_config("model/config.pbtxt.j2", name=names["preprocess"], inputs=[image], outputs=[model_in],
+                          instance_count=instances, instance_kind="KIND_CPU", dynamic_batching=False, **common),
+            {"1/model.py": template_path("python/preprocess.py"), **python_files},
+        ),
+    ]
+    runtime = backend.runtime(spec, onnx_path, threads)
+    runtime_ctx = {**common, "platform": runtime.platform, "backend": runtime.backend, "parameters": runtime.parameters}
+    models.append(
+        ModelDir(
+            names["runtime"],
+            render_config("model/config.pbtxt.j2", name=names["runtime"], inputs=[model_in], outputs=[model_out],
+                          instance_count=instances if runtime.instance_kind else 0, instance_kind=runtime.instance_kind,
+                          dynamic_batching=True, **runtime_ctx),
+            {f"1/{k}": v for k, v in runtime.files.items()},
+        )
+    )
+    models.append(
+        ModelDir(
+            names["postprocess"],
+            render_config("model/config.pbtxt.j2", name=names["postprocess"], inputs=[model_out], outputs=results,
+                          instance_count=1, instance_kind="KIND_CPU", dynamic_batching=False, **common),
+            {"1/model.py": template_path("python/postprocess.py"), **python_files},
+        )
+    )
+    steps = [
+        {"model": names["preprocess"], "inputs": {"IMAGE": "IMAGE"}, "outputs": {model_input.name: "preprocessed"}},
+        {"model": names["runtime"], "inputs": {model_input.name: "preprocessed"}, "outputs": {raw_output.name: "raw_output"}},
+        {"model": names["postprocess"], "inputs": {raw_output.name: "raw_output"}, "outputs": {t["name"]: t["name"] for t in results}},
+    ]
+    info = {"tritongen_version": __version__, "backend": backend_name, "family": spec.family, "task": spec.task,
+            "source": str(spec.source_dir), "composing_models": list(names.values()), **(build_info or {})}
+    models.append(
+        ModelDir(
+            name,
+            render_config("ensemble/config.pbtxt.j2", name=name, max_batch_size=max_batch_size, inputs=[image],
+                          outputs=results, steps=steps),
+            {"1/.keep": "", BUILD_INFO_FILE: json.dumps(info, indent=2) + "\n"},
+        )
+    )
+    for model in models:
+        model.config = parse_config(model.config_text, model.name)
+        if model.config.backend == "python":  # generated Python models import only their own copy
+            model.files[f"1/{PROCESSING_PACKAGE}"] = _processing_package()
+    return models
+
+
+def _pipeline_json(spec: ModelSpec, min_image_side: int | None) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(spec.pipeline_config(min_image_side)), indent=2, ensure_ascii=False) + "\n"
+
+
+def _task_outputs(spec: ModelSpec) -> list[dict[str, Any]]:
+    if spec.task == "classification":
+        k = int(spec.postprocess["topk"])
+        out = [_tensor("LABEL_IDS", "int32", [k]), _tensor("SCORES", "float32", [k])]
+        if spec.labels is not None:
+            out.append(_tensor("LABELS", "bytes", [k]))
+        return out
+    raise EmitError(f"task {spec.task!r} has no ensemble outputs defined")
+
+
+def _processing_package() -> Path:
+    return Path(__file__).resolve().parents[1] / "processing"
+
+
+def check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise EmitError(f"model name {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+
+
+def write_repository(models: list[ModelDir], output: Path, force: bool = False) -> None:
+    """Stage every model directory, then rename them into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    existing = [m.name for m in models if (output / m.name).exists()]
+    if existing and not force:
+        raise EmitError(f"{output} already holds {', '.join(existing)}; pass --force to replace them")
+    staging = output / f".tritongen-staging-{uuid.uuid4().hex[:8]}"
+    try:
+        for model in models:
+            root = staging / model.name
+            root.mkdir(parents=True)
+            (root / "config.pbtxt").write_text(model.config_text, encoding="utf-8")
+            for rel, source in model.files.items():
+                dest = root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(source, Path):
+                    if source.is_dir():
+                        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    else:
+                        shutil.copyfile(source, dest)
+                else:
+                    dest.write_text(source, encoding="utf-8")
+        trash = staging / ".replaced"
+        for model in models:
+            target = output / model.name
+            if target.exists():
+                trash.mkdir(exist_ok=True)
+                target.rename(trash / model.name)
+            (staging / model.name).rename(target)
+    except OSError as exc:
+        raise EmitError(f"cannot write the repository at {output}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

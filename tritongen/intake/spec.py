@@ -1,0 +1,58 @@
+"""The typed description of a model that every later stage works from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..processing.ops import Pipeline
+from ..processing.pipeline import PipelineConfig
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name: "float32", "int64", ...
+    shape: tuple[int, ...]  # -1 = dynamic; the first axis is the batch
+
+
+@dataclass
+class ModelSpec:
+    """A Paddle inference model plus the deploy knowledge needed to serve it."""
+
+    name: str
+    family: str  # registry key: "paddleclas", ...
+    task: str  # "classification", ...
+    source_dir: Path
+    model_file: Path
+    params_file: Path
+    config_file: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocess: list[dict[str, Any]]  # ops in order, the form Pipeline.from_config takes
+    postprocess: dict[str, Any]
+    labels: list[str] | None = None
+    op_types: frozenset[str] = field(default_factory=frozenset)
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    @property
+    def preprocessed_shape(self) -> list[int]:
+        """Per-image tensor shape after preprocessing (no batch axis); -1 where image-dependent."""
+        return Pipeline.from_config(self.preprocess).output_shape()
+
+    def pipeline_config(self, min_image_side: int | None = None) -> PipelineConfig:
+        cfg = PipelineConfig(
+            task=self.task,
+            input_name=self.image_input.name,
+            output_name=self.outputs[0].name,
+            preprocess=self.preprocess,
+            postprocess=self.postprocess,
+            labels=self.labels,
+        )
+        if min_image_side is not None:
+            cfg.min_image_side = min_image_side
+        return cfg

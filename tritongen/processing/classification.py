@@ -1,0 +1,44 @@
+"""PaddleClas ``Topk`` postprocessing (deploy/python/postprocess.py semantics)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``probs`` [B, C]: the k best class ids (int32) and their scores (float32).
+
+    Uses PaddleClas's own expression (argsort, last k, reversed) so ties resolve the same way.
+    The exported model already ends in softmax, so scores are the raw outputs.
+    """
+    probs = np.asarray(probs, dtype=np.float32).reshape(len(probs), -1)
+    k = min(k, probs.shape[1])
+    ids = np.stack([row.argsort(axis=0)[-k:][::-1] for row in probs]).astype(np.int32)
+    scores = np.take_along_axis(probs, ids.astype(np.int64), axis=1).astype(np.float32)
+    return ids, scores
+
+
+def parse_label_file(path: str | Path, delimiter: str | None = None) -> dict[int, str]:
+    """PaddleClas class_id_map_file: one ``<id><delimiter><name>`` per line (delimiter: space)."""
+    delimiter = delimiter if delimiter is not None else " "
+    labels: dict[int, str] = {}
+    with open(path, "r", encoding="utf-8") as fin:
+        for lineno, line in enumerate(fin, 1):
+            line = line.split("\n")[0].rstrip("\r")
+            if not line.strip():
+                continue
+            head, _, name = line.partition(delimiter)
+            try:
+                labels[int(head)] = name
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: expected '<class id>{delimiter}<name>', got {line!r}") from None
+    return labels
+
+
+def label_names(ids: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Names for class ids as a bytes array (Triton TYPE_STRING); unknown ids get ''."""
+    out = np.empty(ids.shape, dtype=object)
+    for index, cid in np.ndenumerate(ids):
+        out[index] = (labels[cid] if 0 <= cid < len(labels) else "").encode("utf-8")
+    return out

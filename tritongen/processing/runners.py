@@ -1,0 +1,63 @@
+"""Model runtimes behind one interface: ``run({input name: array}) -> {output name: array}``.
+
+Runtimes are imported lazily so a model that needs only one of them imports only that one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, model_path: str | os.PathLike, threads: int = 1, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs))
+
+
+class PaddleInferenceRunner:
+    def __init__(
+        self,
+        model_file: str | os.PathLike,
+        params_file: str | os.PathLike,
+        threads: int = 1,
+        enable_mkldnn: bool = False,
+    ):
+        import zlib  # noqa: F401  paddle 2.6 shadows zlib; load the real one first
+
+        from paddle import inference
+
+        config = inference.Config(str(model_file), str(params_file))
+        config.disable_gpu()
+        config.disable_glog_info()
+        config.set_cpu_math_library_num_threads(threads)
+        if enable_mkldnn:
+            config.enable_mkldnn()
+        config.switch_ir_optim(True)
+        self.predictor = inference.create_predictor(config)
+        self.input_names = list(self.predictor.get_input_names())
+        self.output_names = list(self.predictor.get_output_names())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name in self.input_names:
+            handle = self.predictor.get_input_handle(name)
+            handle.reshape(feeds[name].shape)
+            handle.copy_from_cpu(np.ascontiguousarray(feeds[name]))
+        self.predictor.run()
+        return {name: self.predictor.get_output_handle(name).copy_to_cpu() for name in self.output_names}
+
+
+RUNNERS: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner, "paddle": PaddleInferenceRunner}
