@@ -50,6 +50,8 @@ def build(
             step=lambda msg: (status.update(msg), console.log(msg)),
         )
     repo = result.repository
+    for note in result.spec.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     out.print(f"[green]built[/] {repo.ensemble} ({repo.backend}) in {repo.path}: {', '.join(repo.models)}")
     if result.onnx:
         worst = max(result.onnx.validation.values(), default=0.0)
@@ -154,7 +156,7 @@ def main() -> None:
     except TritongenError as exc:
         from rich.markup import escape
 
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -20,6 +20,7 @@ from .program import read_program
 from .spec import ModelSpec
 
 FAMILIES: dict[str, type["Family"]] = {}
+MAX_CLASS_ID = 1_000_000  # label lists are dense; a typo'd id must not allocate gigabytes
 
 
 def register_family(cls: type["Family"]) -> type["Family"]:
@@ -60,13 +61,18 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def get_key(data: dict[str, Any], dotted: str, path: Path, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     """``data['A']['B']`` for 'A.B', with errors that name the file and the key."""
     node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict):  # a section of the wrong type is an error, not "absent"
+            section = ".".join(parts[:depth])
+            raise IntakeError(f"{path}: key '{section}' must be a mapping, got {node!r}")
+        if part not in node:
             if default is not ...:
                 return default
             raise IntakeError(f"{path}: missing key '{dotted}'")
         node = node[part]
-    if not isinstance(node, kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(node, kind) or (isinstance(node, bool) and bool not in kinds):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise IntakeError(f"{path}: key '{dotted}' must be a {names}, got {node!r}")
     return node
@@ -113,9 +119,12 @@ class PaddleClas(Family):
         program = read_program(model_file)
 
         ops = get_key(cfg, "PreProcess.transform_ops", config_file, list)
-        preprocess = [{"ToRGB": None}, *ops]  # the deploy predictor flips BGR->RGB after cv2.imread
+        if any(isinstance(op, dict) and "ToRGB" in op for op in ops):
+            raise IntakeError(f"{config_file}: PreProcess.transform_ops: unsupported op 'ToRGB' (the predictor converts to RGB itself)")
         try:
-            pipeline = Pipeline.from_config(preprocess)
+            Pipeline.from_config(ops)  # validate with the yaml's own op numbering
+            # The deploy predictor flips cv2's BGR to RGB before the yaml ops.
+            pipeline = Pipeline.from_config([{"ToRGB": None}, *ops])
         except OpConfigError as exc:
             raise IntakeError(f"{config_file}: PreProcess.transform_ops: {exc}") from None
 
@@ -126,7 +135,8 @@ class PaddleClas(Family):
         topk = get_key(cfg, "PostProcess.Topk.topk", config_file, int, default=5)
         if topk < 1:
             raise IntakeError(f"{config_file}: key 'PostProcess.Topk.topk' must be >= 1, got {topk}")
-        labels = cls._labels(directory, config_file, topk_cfg)
+        notes: list[str] = []
+        labels = cls._labels(directory, config_file, topk_cfg, notes)
 
         if len(program.inputs) != 1:
             names = [t.name for t in program.inputs]
@@ -157,19 +167,25 @@ class PaddleClas(Family):
             labels=labels,
             op_types=program.op_types,
             runtime_options=runtime_options,
+            notes=notes,
         )
 
     @staticmethod
-    def _labels(directory: Path, config_file: Path, topk_cfg: dict[str, Any]) -> list[str] | None:
-        ref = topk_cfg.get("class_id_map_file")
+    def _labels(directory: Path, config_file: Path, topk_cfg: dict[str, Any], notes: list[str]) -> list[str] | None:
+        ref, delimiter = topk_cfg.get("class_id_map_file"), topk_cfg.get("delimiter")
+        if ref is not None and not isinstance(ref, str):
+            raise IntakeError(f"{config_file}: key 'PostProcess.Topk.class_id_map_file' must be a path, got {ref!r}")
+        if delimiter is not None and (not isinstance(delimiter, str) or not delimiter):
+            raise IntakeError(f"{config_file}: key 'PostProcess.Topk.delimiter' must be a non-empty string, got {delimiter!r}")
         if not ref:
             return None
         # Exports usually keep PaddleClas's repo-relative path; look beside the yaml too.
         candidates = [directory / ref, directory / Path(ref).name]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
+            notes.append(f"label file {ref!r} named in {config_file.name} not found; results carry class ids only (pass --labels FILE)")
             return None
-        return labels_from_file(path, topk_cfg.get("delimiter"))
+        return labels_from_file(path, delimiter)
 
 
 def labels_from_file(path: Path, delimiter: str | None = None) -> list[str]:
@@ -183,4 +199,6 @@ def labels_from_file(path: Path, delimiter: str | None = None) -> list[str]:
         raise IntakeError(f"{path}: the label file is empty")
     if min(mapping) < 0:
         raise IntakeError(f"{path}: class ids must be >= 0")
+    if max(mapping) > MAX_CLASS_ID:
+        raise IntakeError(f"{path}: class id {max(mapping)} is implausibly large (limit {MAX_CLASS_ID})")
     return [mapping.get(i, "") for i in range(max(mapping) + 1)]

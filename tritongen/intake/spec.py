@@ -34,6 +34,7 @@ class ModelSpec:
     labels: list[str] | None = None
     op_types: frozenset[str] = field(default_factory=frozenset)
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should know (missing label file, ...)
 
     @property
     def image_input(self) -> TensorSpec:

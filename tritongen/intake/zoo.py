@@ -9,6 +9,7 @@ users behind a firewall who mirror the archives.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -82,6 +83,10 @@ def fetch(name: str, sha256: str | None = None, progress: bool = True, timeout: 
         if expected and seen != expected:
             raise ZooError(f"{name}: cached archive has sha256 {seen}, expected {expected}; delete {root} to download again")
         return _export_dir(done)
+    recorded = digest_file.read_text().strip() if digest_file.is_file() else ""
+    trusted_on_first_use = not expected and bool(recorded)
+    if trusted_on_first_use:  # a re-download (cache extracted copy gone) must match the first download
+        expected = recorded
 
     url = resolve_url(entry)
     root.mkdir(parents=True, exist_ok=True)
@@ -89,7 +94,10 @@ def fetch(name: str, sha256: str | None = None, progress: bool = True, timeout: 
         archive = Path(tmp) / entry.archive_name
         digest = _download(url, archive, progress, timeout)
         if expected and digest != expected:
-            raise ZooError(f"{name}: {url} has sha256 {digest}, expected {expected}; the download is corrupt or the file changed")
+            raise ZooError(
+                f"{name}: {url} has sha256 {digest}, expected {expected}; the download is corrupt or the file changed"
+                + (f" (digest recorded on first download; delete {root} to accept the new file)" if trusted_on_first_use else "")
+            )
         extracted = Path(tmp) / "model"
         _extract(archive, extracted)
         if done.exists():
@@ -103,6 +111,7 @@ def _download(url: str, dest: Path, progress: bool, timeout: float) -> str:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     sha = hashlib.sha256()
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -114,13 +123,16 @@ def _download(url: str, dest: Path, progress: bool, timeout: float) -> str:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     sha.update(chunk)
+                    received += len(chunk)
                     bar.advance(task, len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ZooError(
             f"cannot download {url} ({reason}). If this machine is offline, download the archive elsewhere, "
             "extract it, and pass the directory instead: tritongen build /path/to/model_dir"
         ) from None
+    if total is not None and received < total:  # urllib does not raise when the connection drops early
+        raise ZooError(f"cannot download {url}: the connection closed after {received} of {total} bytes; try again")
     return sha.hexdigest()
 
 
@@ -128,7 +140,7 @@ def _extract(archive: Path, dest: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")  # refuses absolute paths, .., device files
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:  # EOFError: truncated gzip/bz2/xz stream
         raise ZooError(f"{archive.name}: not a readable tar archive ({exc})") from None
 
 

@@ -160,6 +160,8 @@ class NormalizeImage(Op):
         scale = c["scale"]
         if isinstance(scale, str):
             scale = _eval_arithmetic(scale, "NormalizeImage", "scale")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+            raise OpConfigError(f"NormalizeImage: 'scale' must be a number, got {scale!r}", key="scale")
         self.scale = np.float32(scale if scale is not None else 1.0 / 255.0)
         mean = c["mean"] if c["mean"] is not None else [0.485, 0.456, 0.406]
         std = c["std"] if c["std"] is not None else [0.229, 0.224, 0.225]

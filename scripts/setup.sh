@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything tritongen needs on a fresh Debian 12 machine into ./.venv.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+# System packages: Python 3.11 with venv, and the shared libraries OpenCV loads
+# (paddleslim pulls in the non-headless opencv-python, which links libGL and glib).
+need_apt=()
+command -v python3.11 >/dev/null || need_apt+=(python3.11 python3.11-venv python3.11-dev)
+python3.11 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3.11-venv)
+ldconfig -p | grep -q 'libGL.so.1' || need_apt+=(libgl1)
+ldconfig -p | grep -q 'libglib-2.0.so.0' || need_apt+=(libglib2.0-0)
+ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
+command -v ps >/dev/null || need_apt+=(procps)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3.11 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+# PaddleClas's own deploy code is the tests' oracle for preprocessing; its wheel pins
+# conflict with ours, so it comes without dependencies (never a runtime dependency).
+.venv/bin/python -m pip install -q --no-deps 'paddleclas==2.6.0'
+.venv/bin/python - <<'PY'
+import zlib  # noqa: F401
+import cv2, paddle, paddle2onnx, paddleslim, onnxruntime, tritonclient.grpc  # noqa: F401
+from tritongen.serve import find_tritonserver
+print("tritongen environment ready:", "paddle", paddle.__version__, "| paddle2onnx", paddle2onnx.__version__,
+      "| onnxruntime", onnxruntime.__version__, "| tritonserver", find_tritonserver().binary)
+PY
