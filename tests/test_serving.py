@@ -201,3 +201,16 @@ def test_sigterm_stops_server_and_its_stubs(clas_export, tmp_path):
     while pid_children_alive(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not pid_children_alive(str(repo)), "orphaned tritonserver / stub processes"
+
+
+def test_serve_names_the_model_that_fails_to_load(clas_export, tmp_path):
+    repo = tmp_path / "repo"
+    run_cli("build", clas_export, "--name", "broken", "--backend", "python-onnxruntime", "--output", repo)
+    (repo / "broken_runtime/1/model.onnx").write_bytes(b"not an onnx model")
+    start = time.monotonic()
+    proc = run_cli("serve", repo, "--grpc-port", free_port(), "--http-port", free_port(), "--metrics-port", free_port(),
+                   check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "broken_runtime" in proc.stderr and "full log" in proc.stderr
+    assert time.monotonic() - start < 90
+    assert not pid_children_alive(str(repo))

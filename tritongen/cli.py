@@ -47,7 +47,7 @@ def build(
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            step=lambda msg: (status.update(msg), console.log(msg)),
+            step=lambda msg: (status.update(msg), console.print(f"[dim]-[/] {msg}", highlight=False)),
         )
     repo = result.repository
     for note in result.spec.notes:

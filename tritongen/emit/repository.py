@@ -66,7 +66,7 @@ def plan_models(
         raise EmitError(f"backend {backend_name} needs an ONNX model")
     if max_batch_size < 1:
         raise EmitError("max_batch_size must be >= 1")
-    pipeline_json = _pipeline_json(spec, min_image_side)
+    pipeline_json = spec.pipeline_config(min_image_side).to_json()
     names = {step: f"{name}_{step}" for step in ("preprocess", "runtime", "postprocess")}
     model_input = spec.image_input
     raw_output = spec.outputs[0]
@@ -125,12 +125,6 @@ def plan_models(
         if model.config.backend == "python":  # generated Python models import only their own copy
             model.files[f"1/{PROCESSING_PACKAGE}"] = _processing_package()
     return models
-
-
-def _pipeline_json(spec: ModelSpec, min_image_side: int | None) -> str:
-    from dataclasses import asdict
-
-    return json.dumps(asdict(spec.pipeline_config(min_image_side)), indent=2, ensure_ascii=False) + "\n"
 
 
 def _task_outputs(spec: ModelSpec) -> list[dict[str, Any]]:

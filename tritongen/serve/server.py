@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,6 +104,12 @@ def check_repository(repository: Path) -> list[str]:
     return names
 
 
+def _shorten(line: str, limit: int = 600) -> str:
+    """A log line without Python's embedded traceback, capped in length."""
+    line = line.split("\\n\\nAt:")[0]
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,9 +200,13 @@ class TritonServer:
     def failure_summary(self, lines: int = 15) -> str:
         """The log lines that explain a failure (model load errors first)."""
         text = self.log_file.read_text(errors="replace") if self.log_file and self.log_file.exists() else ""
-        interesting = [l for l in text.splitlines() if l.startswith("E") or "failed to load" in l or "error" in l.lower()]
-        chosen = interesting[-lines:] or text.splitlines()[-lines:]
-        return "\n".join(chosen) + f"\n(full log: {self.log_file})"
+        all_lines = text.splitlines()
+        # "failed to load 'MODEL' version 1: <reason>" says it all; CUDA probing noise says nothing.
+        model_errors = [l for l in all_lines if re.search(r"failed to load '[^']+' version", l)]
+        fatal = [l for l in all_lines if l.startswith("error:") or "error: creating server" in l]
+        chosen = model_errors + fatal or [l for l in all_lines if l.startswith("E") and "Cuda" not in l][-lines:]
+        chosen = chosen or all_lines[-lines:]
+        return "\n".join(_shorten(l) for l in chosen[-lines:]) + f"\n(full log: {self.log_file})"
 
     def model_states(self) -> dict[str, dict]:
         req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
