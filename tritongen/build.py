@@ -9,6 +9,7 @@ from typing import Callable
 from .convert import OnnxModel, paddle_to_onnx
 from .convert.onnx import DEFAULT_OPSET
 from .emit import Repository, check_name, get_backend, plan_models, write_repository
+from .emit.backends import RuntimeOptions
 from .intake import ModelSpec, load_model
 
 
@@ -49,7 +50,8 @@ def build(
         build_info = {"onnx": {"opset": onnx.opset, "max_abs_diff_vs_paddle": onnx.validation}} if onnx else {}
         models = plan_models(
             spec, backend, spec.name, onnx.path if onnx else None, max_batch_size=max_batch_size,
-            instances=instances, threads=threads, min_image_side=min_image_side, build_info=build_info,
+            instances=instances, min_image_side=min_image_side, build_info=build_info,
+            options=RuntimeOptions(threads=threads),
         )
         write_repository(models, output, force=force)
     repository = Repository(

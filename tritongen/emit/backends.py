@@ -26,6 +26,16 @@ def get_backend(name: str) -> "Backend":
 
 
 @dataclass
+class RuntimeOptions:
+    """Settings of the runtime model that do not come from the model itself."""
+
+    threads: int = 1
+    max_batch_size: int = 8
+    int8: bool = False  # the artifacts are quantized (Paddle QDQ program / INT8 ONNX)
+    fp16: bool = False  # run what is not INT8 in FP16 where the backend can (TensorRT)
+
+
+@dataclass
 class RuntimeFiles:
     """What the runtime model's config and version directory need."""
 
@@ -44,10 +54,13 @@ class Backend(ABC):
     # ensembles only; other platforms need the official container (docker/).
     served_locally: ClassVar[bool]
     description: ClassVar[str]
+    # Which INT8 ONNX graph pass chain prepares the model for this backend (convert.int8.TARGETS).
+    onnx_target: ClassVar[str | None] = None
 
     @abstractmethod
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, threads: int) -> RuntimeFiles:
-        """Files and settings of the runtime model."""
+    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
+        """Files and settings of the runtime model. ``spec`` is the (possibly quantized) Paddle
+        model; ``onnx_path`` the ONNX prepared for this backend when ``needs_onnx``."""
 
 
 def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
@@ -58,15 +71,16 @@ def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
 class OnnxRuntimePlatform(Backend):
     name = "onnxruntime"
     needs_onnx = True
+    onnx_target = "onnxruntime"
     served_locally = False
     description = "platform onnxruntime_onnx (Triton's ONNX Runtime backend, official container)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, threads: int) -> RuntimeFiles:
+    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
         assert onnx_path is not None
         return RuntimeFiles(
             platform="onnxruntime_onnx",
             files={"model.onnx": onnx_path},
-            parameters={"intra_op_thread_count": str(threads)},
+            parameters={"intra_op_thread_count": str(options.threads)},
             instance_kind=None,
         )
 
@@ -75,17 +89,18 @@ class OnnxRuntimePlatform(Backend):
 class PythonOnnxRuntime(Backend):
     name = "python-onnxruntime"
     needs_onnx = True
+    onnx_target = "onnxruntime"
     served_locally = True
     description = "Python backend running ONNX Runtime (CPU)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, threads: int) -> RuntimeFiles:
+    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
         assert onnx_path is not None
         return RuntimeFiles(
             backend="python",
             files={
                 "model.py": template_path("python/runtime.py"),
                 "model.onnx": onnx_path,
-                "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=threads),
+                "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads),
             },
         )
 
@@ -97,8 +112,9 @@ class PythonPaddle(Backend):
     served_locally = True
     description = "Python backend running Paddle Inference (CPU)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, threads: int) -> RuntimeFiles:
-        mkldnn = bool(spec.runtime_options.get("enable_mkldnn", False))
+    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
+        # Paddle runs quantized programs in INT8 on CPU only through oneDNN.
+        mkldnn = options.int8 or bool(spec.runtime_options.get("enable_mkldnn", False))
         return RuntimeFiles(
             backend="python",
             files={
@@ -106,7 +122,8 @@ class PythonPaddle(Backend):
                 "inference.pdmodel": spec.model_file,
                 "inference.pdiparams": spec.params_file,
                 "runtime.json": _runtime_json(
-                    "paddle", ["inference.pdmodel", "inference.pdiparams"], threads=threads, enable_mkldnn=mkldnn
+                    "paddle", ["inference.pdmodel", "inference.pdiparams"], threads=options.threads, enable_mkldnn=mkldnn,
+                    int8=options.int8,
                 ),
             },
         )

@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import EmitError
 from ..intake.spec import ModelSpec
 from ..processing.pipeline import PIPELINE_FILE
-from .backends import get_backend
+from .backends import RuntimeOptions, get_backend
 from .pbtxt import NUMPY_TO_TRITON, parse_config, render_config, template_path
 
 PROCESSING_PACKAGE = "tritongen_processing"  # the name tritongen.processing gets inside a model
@@ -56,12 +56,14 @@ def plan_models(
     onnx_path: Path | None,
     max_batch_size: int = 8,
     instances: int = 1,
-    threads: int = 1,
     min_image_side: int | None = None,
     build_info: dict[str, Any] | None = None,
+    options: RuntimeOptions | None = None,
 ) -> list[ModelDir]:
     """The four model directories, rendered and validated, nothing written yet."""
     backend = get_backend(backend_name)
+    options = options or RuntimeOptions()
+    options.max_batch_size = max_batch_size
     if backend.needs_onnx and onnx_path is None:
         raise EmitError(f"backend {backend_name} needs an ONNX model")
     if max_batch_size < 1:
@@ -86,7 +88,7 @@ def plan_models(
             {"1/model.py": template_path("python/preprocess.py"), **python_files},
         ),
     ]
-    runtime = backend.runtime(spec, onnx_path, threads)
+    runtime = backend.runtime(spec, onnx_path, options)
     runtime_ctx = {**common, "platform": runtime.platform, "backend": runtime.backend, "parameters": runtime.parameters}
     models.append(
         ModelDir(

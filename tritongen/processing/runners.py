@@ -35,6 +35,7 @@ class PaddleInferenceRunner:
         params_file: str | os.PathLike,
         threads: int = 1,
         enable_mkldnn: bool = False,
+        int8: bool = False,
     ):
         import zlib  # noqa: F401  paddle 2.6 shadows zlib; load the real one first
 
@@ -44,8 +45,10 @@ class PaddleInferenceRunner:
         config.disable_gpu()
         config.disable_glog_info()
         config.set_cpu_math_library_num_threads(threads)
-        if enable_mkldnn:
+        if enable_mkldnn or int8:
             config.enable_mkldnn()
+        if int8:  # a PaddleSlim QDQ program: oneDNN fuses it into INT8 kernels
+            config.enable_mkldnn_int8()
         config.switch_ir_optim(True)
         self.predictor = inference.create_predictor(config)
         self.input_names = list(self.predictor.get_input_names())
