@@ -39,17 +39,39 @@ def build(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label file '<id> <name>' per line (overrides the yaml's)."),
     min_image_side: Optional[int] = typer.Option(None, "--min-image-side", min=1, help="Reject smaller images (default 8)."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of a zoo archive."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize (PaddleSlim) and serve INT8; needs --calib-dir."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16."),
+    calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Images to calibrate on (a share is held out)."),
+    method: str = typer.Option("ptq", "--method", help="ptq (post-training) | qat (ACT quant-aware distillation)."),
+    algo: str = typer.Option("hist", "--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Calibration / training batch size."),
+    batch_nums: Optional[int] = typer.Option(None, "--batch-nums", min=1, help="Calibration batches (default: all)."),
+    skip_tensors: List[str] = typer.Option([], "--skip-tensors", help="Paddle tensors to keep in FP32 (repeatable)."),
+    act_config: Optional[Path] = typer.Option(None, "--config", help="ACT yaml for --method qat."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0,
+                                             help="Fail when INT8 top-1 agreement (or cosine) with FP32 drops more."),
 ) -> None:
     """Build a Triton model repository: ensemble NAME = preprocess -> runtime -> postprocess."""
+    from .build import Int8Options
     from .build import build as run_build
 
+    int8_options = None
+    if int8:
+        if calib_dir is None:
+            raise TritongenError("--int8 needs --calib-dir DIR (images to calibrate on)")
+        int8_options = Int8Options(calib_dir, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
+                                   skip_tensors=skip_tensors, act_config=act_config, max_drop=max_drop)
     with console.status("building") as status:
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            step=lambda msg: (status.update(msg), console.print(f"[dim]-[/] {msg}", highlight=False)),
+            int8=int8_options, fp16=fp16, step=_step_printer(status),
         )
     repo = result.repository
+    int8_choice = result.int8.get("onnxruntime")
+    if int8_choice:
+        for note in int8_choice["notes"]:
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for note in result.spec.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     out.print(f"[green]built[/] {repo.ensemble} ({repo.backend}) in {repo.path}: {', '.join(repo.models)}")
@@ -58,6 +80,88 @@ def build(
         out.print(f"ONNX opset {result.onnx.opset}; max |ONNX - Paddle| on random inputs: {worst:.2e}")
     if not repo.served_locally:
         out.print(f"note: {repo.backend} runs in the official tritonserver container (see docker/), not `tritongen serve`")
+
+
+def _step_printer(status):
+    def step(message: str) -> None:
+        status.update(message)
+        console.print(f"[dim]-[/] {message}", highlight=False, soft_wrap=True)
+
+    return step
+
+
+@app.command()
+def quantize(
+    source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name."),
+    calib_dir: Path = typer.Option(..., "--calib-dir", help="Images to calibrate on (a share is held out)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the INT8 export."),
+    method: str = typer.Option("ptq", "--method", help="ptq (post-training) | qat (ACT quant-aware distillation)."),
+    algo: str = typer.Option("hist", "--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    batch_nums: Optional[int] = typer.Option(None, "--batch-nums", min=1, help="Calibration batches (default: all)."),
+    skip_tensors: List[str] = typer.Option([], "--skip-tensors", help="Paddle tensors to keep in FP32 (repeatable)."),
+    act_config: Optional[Path] = typer.Option(None, "--config", help="ACT yaml (Global/QuantAware/QuantPost/Distillation/TrainConfig)."),
+    train_iters: Optional[int] = typer.Option(None, "--train-iters", min=1, help="QAT iterations (default from the config)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0,
+                                             help="Fail when INT8 top-1 agreement (or cosine) with FP32 drops more."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT."),
+) -> None:
+    """Quantize a Paddle export to INT8 (PaddleSlim), calibrating through its own preprocessing."""
+    from .quantize import quantize as run_quantize
+
+    with console.status("quantizing") as status:
+        result = run_quantize(
+            source, calib_dir, output, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
+            skip_tensors=skip_tensors, act_config=act_config, train_iters=train_iters, max_drop=max_drop, force=force,
+            step=_step_printer(status),
+        )
+    for note in result.settings.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    out.print(f"[green]quantized[/] {result.fp32.name} -> {result.directory} ({result.settings['method']})", highlight=False)
+    out.print(f"FP32 vs INT8 (Paddle Inference, oneDNN): {result.fidelity.summary()}", highlight=False)
+    out.print(f"report: {result.directory / 'fidelity.json'}", highlight=False)
+
+
+bench_app = typer.Typer(help="Benchmarks, measured side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("runtime")
+def bench_runtime(
+    source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Compare FP32 with INT8 (the only mode for now)."),
+    calib_dir: Path = typer.Option(..., "--calib-dir", help="Images to calibrate on (a share is held out)."),
+    method: str = typer.Option("ptq", "--method"),
+    algo: str = typer.Option("hist", "--algo"),
+    runs: int = typer.Option(30, "--runs", min=3, help="Timed runs per variant (interleaved)."),
+    warmup: int = typer.Option(5, "--warmup", min=0),
+    backend: List[str] = typer.Option(["onnxruntime", "paddle"], "--backend", help="onnxruntime and/or paddle."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write rows in the seeds' benchmarks.csv columns."),
+) -> None:
+    """FP32 vs INT8 latency on this CPU (1 thread), runtime and end-to-end, like the seeds' tables."""
+    from .bench.runtime import run_benchmark
+
+    if not int8:
+        raise TritongenError("bench runtime compares FP32 with INT8; drop --no-int8")
+    unknown = set(backend) - {"onnxruntime", "paddle"}
+    if unknown:
+        raise TritongenError(f"unknown --backend {sorted(unknown)}; use onnxruntime and/or paddle")
+    with console.status("benchmarking") as status:
+        report = run_benchmark(source, calib_dir, method=method, algo=algo, runs=runs, warmup=warmup,
+                               backends=tuple(backend), step=_step_printer(status))
+    table = Table(title=f"{report.rows[0].model}: FP32 vs INT8, 1 thread, median of {runs} interleaved runs",
+                  title_justify="left")
+    for col in ("model", "backend", "hardware", "latency", "FP32 ms", "INT8 ms", "max speedup", "INT8 vs FP32", "method"):
+        table.add_column(col)
+    for row in report.rows:
+        table.add_row(row.model, row.backend, row.hardware, row.latency, f"{row.fp32_ms:.2f}", f"{row.int8_ms:.2f}",
+                      f"{row.speedup:.2f}x", "" if row.agreement is None else f"{row.metric} {row.agreement:.4f}", row.method)
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if csv_path:
+        report.write_csv(csv_path)
+        out.print(f"wrote {csv_path}")
 
 
 @app.command()

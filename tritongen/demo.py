@@ -48,6 +48,7 @@ def make_classifier(
     conv_channels: int = 16,
     seed: int = 0,
     extra_global: dict[str, Any] | None = None,
+    scalar_gate: bool = False,
 ) -> Path:
     """Write a PaddleClas-style inference export into ``out_dir``; return it."""
     import zlib  # noqa: F401  must precede paddle
@@ -81,7 +82,10 @@ def make_classifier(
                                         param_attr=_const(rng.normal(0, 0.2, (conv_channels, conv_channels, 3, 3))), bias_attr=False)
             h = paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(h, 1), 1)
             texture_logits = paddle.static.nn.fc(h, len(names), weight_attr=_const(rng.normal(0, 0.5, (conv_channels, len(names)))))
-            probs = paddle.nn.functional.softmax(colour_logits + texture_logits)
+            logits = colour_logits + texture_logits
+            if scalar_gate:  # a 0-D activation (a scalar mean), which some quantizers trip over
+                logits = logits * (1.0 + 0.0 * paddle.mean(x))
+            probs = paddle.nn.functional.softmax(logits)
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(startup)
         paddle.static.save_inference_model(str(out / "inference"), [x], [probs], exe, program=main)

@@ -37,6 +37,11 @@ class ModelSpec:
     notes: list[str] = field(default_factory=list)  # things the user should know (missing label file, ...)
 
     @property
+    def is_quantized(self) -> bool:
+        """A PaddleSlim QDQ program (quant_post_static / ACT with onnx_format=True)."""
+        return bool(self.op_types & {"quantize_linear", "dequantize_linear"})
+
+    @property
     def image_input(self) -> TensorSpec:
         return self.inputs[0]
 

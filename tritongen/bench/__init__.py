@@ -1,0 +1,1 @@
+"""Benchmarks: latency measured side by side in one run (machines are noisy)."""

@@ -1,0 +1,200 @@
+"""INT8 ONNX for each deployment target, from a PaddleSlim-quantized Paddle program.
+
+ONNX Runtime (CPU): several recipes are built and *measured* on held-out images — fidelity
+to the FP32 ONNX model and latency on this CPU — and the most faithful one wins (latency
+breaks near-ties). Recipes:
+
+- ``paddle-scales``: Paddle's QDQ graph (paddle2onnx) with activations moved to uint8
+  (same scales, exact) so MLAS's u8s8 kernels fuse every conv;
+- ``ort-placement``: ONNX Runtime's own QDQ placement on the FP32 graph, using Paddle's
+  calibrated ranges wherever Paddle calibrated the tensor and ONNX Runtime's MinMax
+  calibration on the same images elsewhere;
+- ``ort-calibration``: ONNX Runtime's quantize_static (MinMax) alone, for reference.
+
+TensorRT: Paddle's QDQ graph with the passes in ``passes.tensorrt`` (symmetric int8 is
+what TensorRT's explicit quantization wants).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..bench.latency import Latency, measure
+from ..errors import ConversionError
+from ..intake.spec import ModelSpec
+from ..processing.runners import OnnxRuntimeRunner
+from ..quantize.calibration import CalibrationData
+from ..quantize.fidelity import FidelityReport, compare
+from .onnx import paddle_to_onnx
+from .passes.onnxruntime import FusionReport, activation_ranges, activations_to_uint8, fusion_report, rename_outputs
+
+NEAR_TIE = 0.005  # fidelity differences below this are noise on a small held-out set
+
+
+@dataclass
+class Int8Candidate:
+    recipe: str
+    path: Path
+    fusion: FusionReport
+    fidelity: FidelityReport
+    latency: Latency
+
+    def row(self) -> dict:
+        metric, value = self.fidelity.headline
+        return {"recipe": self.recipe, metric: round(value, 4), "cosine_mean": round(self.fidelity.outputs[0].cosine_mean, 5),
+                "fused": f"{self.fusion.fused}/{self.fusion.convs}", "latency_ms": round(self.latency.median_ms, 2)}
+
+
+@dataclass
+class Int8Choice:
+    chosen: Int8Candidate
+    candidates: list[Int8Candidate]
+    fp32_latency: Latency
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_latency.median_ms / self.chosen.latency.median_ms
+
+    def to_dict(self) -> dict:
+        return {"chosen": self.chosen.recipe, "speedup_vs_fp32": round(self.speedup, 3),
+                "fp32_latency_ms": round(self.fp32_latency.median_ms, 2),
+                "candidates": [c.row() for c in self.candidates], "notes": self.notes,
+                "fidelity": self.chosen.fidelity.to_dict()}
+
+
+def paddle_qdq_onnx(int8: ModelSpec, out: Path, opset: int = 13) -> Path:
+    """paddle2onnx of the QDQ program, with the Paddle fetch names on the graph outputs."""
+    result = paddle_to_onnx(int8, out, opset=opset, validate=False)
+    model = rename_outputs(onnx.load(str(result.path)), [t.name for t in int8.outputs])
+    onnx.save(model, str(out))
+    return out
+
+
+def _paddle_scales_recipe(paddle_qdq: Path, out: Path, **_) -> Path:
+    model, _count = activations_to_uint8(onnx.load(str(paddle_qdq)))
+    onnx.save(model, str(out))
+    return out
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over preprocessed images (batch 1, as ORT calibrates)."""
+
+    def __init__(self, feed: str, tensors: list[np.ndarray]):
+        self.feed, self.tensors, self.i = feed, tensors, 0
+
+    def get_next(self):
+        if self.i >= len(self.tensors):
+            return None
+        self.i += 1
+        return {self.feed: self.tensors[self.i - 1][None]}
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def _ort_quantize(fp32_onnx: Path, out: Path, feed: str, data: CalibrationData, overrides: dict | None) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        calibrator = create_calibrator(pre, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(_Reader(feed, data.calibration.tensors))
+        ranges = calibrator.compute_data()
+        used = 0
+        for name, (lo, hi) in (overrides or {}).items():
+            if name in ranges:
+                ranges[name] = TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                used += 1
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges.data), cache)
+        quantize_static(str(pre), str(out), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=str(cache))
+    return out
+
+
+def _ort_placement_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, feed: str, data: CalibrationData) -> Path:
+    return _ort_quantize(fp32_onnx, out, feed, data, activation_ranges(onnx.load(str(paddle_qdq))))
+
+
+def _ort_calibration_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, feed: str, data: CalibrationData) -> Path:
+    return _ort_quantize(fp32_onnx, out, feed, data, None)
+
+
+ORT_RECIPES: dict[str, Callable[..., Path]] = {
+    "paddle-scales": _paddle_scales_recipe,
+    "ort-placement": _ort_placement_recipe,
+    "ort-calibration": _ort_calibration_recipe,
+}
+
+
+def _latency(path: Path, feed: str, sample: np.ndarray, budget_s: float) -> Latency:
+    runner = OnnxRuntimeRunner(path, threads=1)
+    return measure(lambda: runner.run({feed: sample}), runs=15, warmup=2, budget_s=budget_s)
+
+
+def int8_for_onnxruntime(
+    fp32: ModelSpec, int8: ModelSpec, fp32_onnx: Path, data: CalibrationData, work_dir: Path,
+    recipes: list[str] | None = None, latency_budget_s: float = 3.0, step: Callable[[str], None] = lambda m: None,
+) -> Int8Choice:
+    """Build each recipe, measure it against the FP32 ONNX on held-out images, choose one."""
+    from .. bench.cpu import cpu_info
+
+    feed = fp32.image_input.name
+    paddle_qdq = paddle_qdq_onnx(int8, work_dir / "paddle_qdq.onnx")
+    reference = OnnxRuntimeRunner(fp32_onnx, threads=1)
+    sample = data.holdout.tensors[0][None]
+    fp32_latency = _latency(fp32_onnx, feed, sample, latency_budget_s)
+    candidates = []
+    failures = []
+    for recipe in recipes or list(ORT_RECIPES):
+        step(f"INT8 recipe {recipe}: building, checking fidelity and speed")
+        out = work_dir / f"int8_{recipe}.onnx"
+        try:
+            ORT_RECIPES[recipe](paddle_qdq=paddle_qdq, out=out, fp32_onnx=fp32_onnx, feed=feed, data=data)
+            # One set of names whatever the recipe started from: the quantized program's fetch names.
+            onnx.save(rename_outputs(onnx.load(str(out)), [t.name for t in int8.outputs]), str(out))
+            runner = OnnxRuntimeRunner(out, threads=1)
+        except Exception as exc:  # one recipe failing must not sink the others
+            failures.append(f"{recipe}: {type(exc).__name__}: {exc}")
+            continue
+        report = compare(reference, runner, feed, data.holdout, reference_name="FP32 ONNX Runtime",
+                         candidate_name=f"INT8 ONNX Runtime ({recipe})")
+        candidates.append(Int8Candidate(recipe, out, fusion_report(out), report, _latency(out, feed, sample, latency_budget_s)))
+    if not candidates:
+        raise ConversionError("no INT8 ONNX recipe worked: " + "; ".join(failures))
+    chosen = choose(candidates)
+    choice = Int8Choice(chosen, candidates, fp32_latency, notes=[f"recipe failed: {f}" for f in failures])
+    if choice.speedup < 1.0:
+        choice.notes.append(
+            f"INT8 ({chosen.latency.median_ms:.1f} ms) is not faster than FP32 ({fp32_latency.median_ms:.1f} ms) "
+            f"on this CPU, {cpu_info()}: {cpu_info().int8_expectation()}"
+        )
+    return choice
+
+
+def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
+    """Most faithful first (headline metric, then mean cosine); latency decides near-ties."""
+    best_head = max(c.fidelity.headline[1] for c in candidates)
+    faithful = [c for c in candidates if c.fidelity.headline[1] >= best_head - NEAR_TIE]
+    best_cos = max(c.fidelity.outputs[0].cosine_mean for c in faithful)
+    contenders = [c for c in faithful if c.fidelity.outputs[0].cosine_mean >= best_cos - NEAR_TIE]
+    return min(contenders, key=lambda c: c.latency.median_ms)
+
+
+def save_choice(choice: Int8Choice, path: Path) -> None:
+    path.write_text(json.dumps(choice.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["int8_for_onnxruntime", "paddle_qdq_onnx", "Int8Choice", "Int8Candidate", "ORT_RECIPES", "save_choice", "asdict"]

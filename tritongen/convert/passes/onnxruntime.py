@@ -1,0 +1,149 @@
+"""ONNX graph passes that make an INT8 QDQ model run at ONNX Runtime CPU's native speed.
+
+Paddle's QDQ models (paddle2onnx of a PaddleSlim program) quantize activations to int8 with
+zero point 0. ORT's x86 kernels (MLAS) compute u8s8: uint8 activations, int8 weights; with
+int8 activations ORT falls back to slower paths or leaves Q/DQ unfused. The same scale with
+a uint8 zero point of 128 represents the same grid, so the conversion is exact.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs by name."""
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            users[name].append(node)
+    return users
+
+
+def activations_to_uint8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """int8 (zero point 0) activation Q/DQ pairs -> uint8 with zero point 128, same scales.
+
+    Only QuantizeLinear nodes whose input is computed at run time are changed (weights stay
+    int8, as ORT wants); every DequantizeLinear reading such a Q is changed with it.
+    Returns the model and the number of Q nodes converted.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    consts = constant_values(model)
+    users = _consumers(model)
+    converted = 0
+    for node in list(model.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] in consts or len(node.input) < 3:
+            continue
+        zero_point = consts.get(node.input[2])
+        if zero_point is None or zero_point.dtype != np.int8 or np.any(zero_point != 0):
+            continue
+        new_name = f"{node.output[0]}__zero_point_u8"
+        model.graph.initializer.append(numpy_helper.from_array(np.full(zero_point.shape, 128, np.uint8), new_name))
+        node.input[2] = new_name
+        for dq in users.get(node.output[0], []):
+            if dq.op_type == "DequantizeLinear":
+                while len(dq.input) < 3:
+                    dq.input.append("")
+                dq.input[2] = new_name
+        converted += 1
+    _drop_unused_constants(model)
+    return model, converted
+
+
+def _drop_unused_constants(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    keep = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] not in used)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    inits = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
+def rename_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Give graph outputs the names the Paddle program fetches (paddle2onnx may suffix them)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    if len(names) != len(model.graph.output):
+        raise ValueError(f"{len(model.graph.output)} graph outputs, {len(names)} names")
+    for output, name in zip(model.graph.output, names):
+        old = output.name
+        if old == name:
+            continue
+        for node in model.graph.node:
+            for i, out in enumerate(node.output):
+                if out == old:
+                    node.output[i] = name
+            for i, inp in enumerate(node.input):
+                if inp == old:
+                    node.input[i] = name
+        output.name = name
+    return model
+
+
+def activation_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """Float range each per-tensor-quantized activation was calibrated to, by tensor name."""
+    consts = constant_values(model)
+    ranges: dict[str, tuple[float, float]] = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in consts:
+            continue
+        scale = consts.get(node.input[1])
+        zero_point = consts.get(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
+        if scale is None or zero_point is None or scale.size != 1:
+            continue
+        s, z = float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])
+        lo, hi = (-128, 127) if zero_point.dtype == np.int8 else (0, 255)
+        ranges[node.input[0]] = ((lo - z) * s, (hi - z) * s)
+    return ranges
+
+
+@dataclass
+class FusionReport:
+    convs: int  # Conv / ConvTranspose / MatMul / Gemm in the float model
+    fused: int  # run as integer kernels after ORT's optimizations
+    kernels: dict[str, int]
+
+    def __str__(self) -> str:
+        return f"{self.fused}/{self.convs} conv/matmul ops run as INT8 kernels"
+
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+                "QLinearConvTranspose", "MatMulIntegerToFloat"}
+
+
+def fusion_report(model_path: Path) -> FusionReport:
+    """Ask ONNX Runtime which ops it actually runs after graph optimization."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    total = sum(1 for n in model.graph.node if n.op_type in COMPUTE_OPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    kernels = Counter(n.op_type for n in optimized.graph.node if n.op_type in COMPUTE_OPS | INT8_KERNELS)
+    fused = sum(v for k, v in kernels.items() if k in INT8_KERNELS)
+    return FusionReport(convs=total, fused=min(fused, total), kernels=dict(kernels))
+
+
+__all__ = ["activations_to_uint8", "rename_outputs", "activation_ranges", "fusion_report", "FusionReport",
+           "constant_values", "TensorProto", "helper"]
