@@ -61,6 +61,8 @@ def test_configs_parse_and_wire_up(repos, backend):
     if backend == "onnxruntime":
         assert runtime.platform == "onnxruntime_onnx" and (repo / "m_runtime/1/model.onnx").is_file()
         assert not runtime.instance_group  # Triton picks GPU when the container has one
+    elif backend == "tensorrt":
+        assert runtime.platform == "tensorrt_plan" and not runtime.instance_group
     else:
         assert runtime.backend == "python"
 

@@ -36,6 +36,7 @@ class BuildResult:
     onnx: OnnxModel | None  # the FP32 ONNX conversion
     repository: Repository
     int8: dict[str, Any] = field(default_factory=dict)  # quantization + per-target INT8 report
+    notes: list[str] = field(default_factory=list)  # what must happen before Triton can serve it (e.g. build a plan)
 
 
 def build(
@@ -54,6 +55,7 @@ def build(
     int8: Int8Options | None = None,
     fp16: bool = False,
     step: Callable[[str], None] = lambda message: None,
+    trt_accelerator: str | None = None,
 ) -> BuildResult:
     """Build a Triton repository for ``source`` (export directory or zoo name) into ``output``."""
     runtime_backend = get_backend(backend)
@@ -80,14 +82,17 @@ def build(
         models = plan_models(
             runtime_spec, backend, spec.name, runtime_onnx, max_batch_size=max_batch_size,
             instances=instances, min_image_side=min_image_side, build_info=build_info,
-            options=RuntimeOptions(threads=threads, int8=int8 is not None, fp16=fp16),
+            options=RuntimeOptions(threads=threads, int8=int8 is not None, fp16=fp16, trt_accelerator=trt_accelerator),
         )
         write_repository(models, output, force=force)
+    notes = [note for model in models for note in model.notes]
+    for note in notes:
+        step(note)
     repository = Repository(
         path=output, ensemble=spec.name, models=[m.name for m in models], backend=backend,
         served_locally=runtime_backend.served_locally,
     )
-    return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=int8_report)
+    return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=int8_report, notes=notes)
 
 
 def _int8(
@@ -121,7 +126,7 @@ def _int8(
     if target == "tensorrt":
         from .convert.int8 import int8_for_tensorrt
 
-        path, trt_report = int8_for_tensorrt(quantized.spec, work, fp16=fp16)
+        path, trt_report = int8_for_tensorrt(quantized.spec, work)
         report["tensorrt"] = trt_report
         quantized.fidelity.check(opts.max_drop)
         return quantized.spec, path, report

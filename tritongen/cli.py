@@ -30,7 +30,7 @@ def build(
     source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name (see `tritongen zoo`)."),
     output: Path = typer.Option(Path("model_repository"), "--output", "-o", help="Model repository to write into."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Ensemble name (default: the directory name)."),
-    backend: str = typer.Option("python-onnxruntime", "--backend", "-b", help="onnxruntime | python-onnxruntime | python-paddle"),
+    backend: str = typer.Option("python-onnxruntime", "--backend", "-b", help="python-onnxruntime | python-paddle | onnxruntime | tensorrt"),
     force: bool = typer.Option(False, "--force", help="Replace models of the same name already in OUTPUT."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="max_batch_size of every model."),
     instances: int = typer.Option(1, "--instances", min=1, help="Instances of the preprocess and runtime models."),
@@ -41,6 +41,8 @@ def build(
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of a zoo archive."),
     int8: bool = typer.Option(False, "--int8", help="Quantize (PaddleSlim) and serve INT8; needs --calib-dir."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16."),
+    trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator",
+                                                  help="onnxruntime backend: TensorRT execution accelerator, FP16 or INT8."),
     calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Images to calibrate on (a share is held out)."),
     method: str = typer.Option("ptq", "--method", help="ptq (post-training) | qat (ACT quant-aware distillation)."),
     algo: str = typer.Option("hist", "--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse."),
@@ -65,7 +67,7 @@ def build(
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            int8=int8_options, fp16=fp16, step=_step_printer(status),
+            int8=int8_options, fp16=fp16, trt_accelerator=trt_accelerator, step=_step_printer(status),
         )
     repo = result.repository
     int8_choice = result.int8.get("onnxruntime")

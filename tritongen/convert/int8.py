@@ -184,6 +184,16 @@ def int8_for_onnxruntime(
     return choice
 
 
+def int8_for_tensorrt(int8: ModelSpec, work_dir: Path) -> tuple[Path, dict]:
+    """Paddle's QDQ graph as it is: symmetric int8 with zero point 0 is TensorRT's explicit
+    quantization. The tensorrt backend then runs passes.tensorrt on it (int32 bias DQ folded,
+    FP16 outside Q/DQ with --fp16) before building or shipping the plan."""
+    path = paddle_qdq_onnx(int8, work_dir / "paddle_qdq.onnx")
+    model = onnx.load(str(path))
+    q = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    return path, {"recipe": "paddle-qdq", "quantize_nodes": q}
+
+
 def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
     """Most faithful first (headline metric, then mean cosine); latency decides near-ties."""
     best_head = max(c.fidelity.headline[1] for c in candidates)
@@ -197,4 +207,4 @@ def save_choice(choice: Int8Choice, path: Path) -> None:
     path.write_text(json.dumps(choice.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["int8_for_onnxruntime", "paddle_qdq_onnx", "Int8Choice", "Int8Candidate", "ORT_RECIPES", "save_choice", "asdict"]
+__all__ = ["int8_for_onnxruntime", "int8_for_tensorrt", "paddle_qdq_onnx", "Int8Choice", "Int8Candidate", "ORT_RECIPES", "save_choice", "asdict"]

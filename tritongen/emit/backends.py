@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from .. import __version__
 from ..errors import EmitError
 from ..intake.spec import ModelSpec
-from .pbtxt import template_path
+from .pbtxt import render_config, template_path
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -33,6 +35,10 @@ class RuntimeOptions:
     max_batch_size: int = 8
     int8: bool = False  # the artifacts are quantized (Paddle QDQ program / INT8 ONNX)
     fp16: bool = False  # run what is not INT8 in FP16 where the backend can (TensorRT)
+    # onnxruntime backend: ONNX Runtime's TensorRT execution provider with this precision_mode
+    # (None = not used; "FP32" | "FP16" | "INT8")
+    trt_accelerator: str | None = None
+    model_name: str = ""  # name of the runtime model; set by plan_models
 
 
 @dataclass
@@ -45,6 +51,11 @@ class RuntimeFiles:
     files: dict[str, Path | str] = field(default_factory=dict)
     parameters: dict[str, str] = field(default_factory=dict)
     instance_kind: str | None = "KIND_CPU"  # None: let Triton choose (GPU when it has one)
+    executable: set[str] = field(default_factory=set)  # version-directory files to mark executable
+    model_files: dict[str, Path | str] = field(default_factory=dict)  # files next to config.pbtxt
+    notes: list[str] = field(default_factory=list)  # what the user must know (printed by `build`)
+    # optimization.execution_accelerators.gpu_execution_accelerator entries: {"name", "parameters"}
+    gpu_accelerators: list[dict] = field(default_factory=list)
 
 
 class Backend(ABC):
@@ -56,6 +67,8 @@ class Backend(ABC):
     description: ClassVar[str]
     # Which INT8 ONNX graph pass chain prepares the model for this backend (convert.int8.TARGETS).
     onnx_target: ClassVar[str | None] = None
+    # Whether RuntimeOptions.trt_accelerator (ONNX Runtime's TensorRT execution provider) applies.
+    accepts_trt_accelerator: ClassVar[bool] = False
 
     @abstractmethod
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
@@ -75,14 +88,61 @@ class OnnxRuntimePlatform(Backend):
     served_locally = False
     description = "platform onnxruntime_onnx (Triton's ONNX Runtime backend, official container)"
 
+    accepts_trt_accelerator = True
+
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
         assert onnx_path is not None
+        accelerators = []
+        if options.trt_accelerator is not None:
+            accelerators.append(ort_tensorrt_accelerator(options, onnx_path))
         return RuntimeFiles(
             platform="onnxruntime_onnx",
             files={"model.onnx": onnx_path},
             parameters={"intra_op_thread_count": str(options.threads)},
             instance_kind=None,
+            gpu_accelerators=accelerators,
         )
+
+
+TRT_PRECISION_MODES = ("FP32", "FP16", "INT8")
+ORT_TRT_WORKSPACE_BYTES = 1 << 30
+ORT_TRT_CACHE_PREFIX = "/tmp/tritongen_trt_cache_"  # + runtime model name
+
+
+def ort_tensorrt_accelerator(options: RuntimeOptions, onnx_path: Path | None = None) -> dict:
+    """The ``gpu_execution_accelerator`` entry that runs an ONNX model through ONNX Runtime's
+    TensorRT execution provider (parameter names from Triton's onnxruntime_backend README).
+
+    The engine cache lives in the container's /tmp (the repository is mounted read-only), in one
+    directory per model: ONNX Runtime creates only the last path component.
+    """
+    mode = str(options.trt_accelerator).upper()
+    if mode not in TRT_PRECISION_MODES:
+        raise EmitError(f"TensorRT accelerator precision {options.trt_accelerator!r}: choose one of {', '.join(TRT_PRECISION_MODES)}")
+    if mode == "INT8":
+        if not options.int8:
+            raise EmitError(
+                "TensorRT accelerator precision INT8 needs a quantized (Q/DQ) ONNX model; without Q/DQ nodes ONNX Runtime's "
+                "TensorRT provider asks for a calibration table. Build an INT8 model, or use FP16"
+            )
+        if onnx_path is not None:  # TensorRT's explicit quantization: symmetric int8 Q/DQ, no int32 DQ
+            import onnx
+
+            from ..convert.tensorrt import TensorRTError, check_precision
+
+            try:
+                check_precision(onnx.load(str(onnx_path)), fp16=False, int8=True)
+            except TensorRTError as exc:
+                raise EmitError(f"TensorRT accelerator precision INT8: {exc}") from None
+    return {
+        "name": "tensorrt",
+        "parameters": {
+            "precision_mode": mode,
+            "max_workspace_size_bytes": str(ORT_TRT_WORKSPACE_BYTES),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": f"{ORT_TRT_CACHE_PREFIX}{options.model_name or 'model'}",
+        },
+    }
 
 
 @register_backend
@@ -127,3 +187,93 @@ class PythonPaddle(Backend):
                 ),
             },
         )
+
+
+@register_backend
+class TensorRTPlan(Backend):
+    name = "tensorrt"
+    needs_onnx = True
+    onnx_target = "tensorrt"
+    served_locally = False
+    description = "platform tensorrt_plan (TensorRT 10 plan built on the serving GPU, official container)"
+
+    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
+        assert onnx_path is not None
+        from ..convert import tensorrt as trt_convert
+
+        model = options.model_name or "runtime"
+        chw = list(spec.preprocessed_shape)
+        if any(d < 1 for d in chw):
+            raise EmitError(
+                f"--backend tensorrt needs a fixed per-image input shape; {spec.name} preprocesses to {chw} "
+                "(-1 = depends on the image). Use a fixed crop/resize, or another backend"
+            )
+        try:
+            low, opt, high = trt_convert.profile_shapes(chw, options.max_batch_size)
+            prepared = onnx_path.with_name(f"{onnx_path.stem}.tensorrt.onnx")
+            trt_convert.prepare_onnx(onnx_path, prepared, fp16=options.fp16, int8=options.int8)
+            if trt_convert.tensorrt_available():
+                plan = trt_convert.build_plan(
+                    prepared, prepared.with_name("model.plan"), spec.image_input.name, chw, options.max_batch_size,
+                    fp16=options.fp16, int8=options.int8,
+                )
+                return RuntimeFiles(
+                    platform="tensorrt_plan", files={"model.plan": plan.path}, instance_kind=None,
+                    notes=[
+                        f"{model}/1/model.plan was built here with TensorRT {plan.tensorrt_version}; it loads only with that "
+                        "TensorRT version and on this GPU model (tritonserver 24.10 runs TensorRT "
+                        f"{trt_convert.TRITON_TENSORRT_VERSION}). Otherwise rebuild the repository on the serving GPU."
+                    ],
+                )
+        except trt_convert.TensorRTError as exc:
+            raise EmitError(f"{model}: {exc}") from None
+        args = trt_convert.trtexec_command("@ONNX@", "@PLAN@", spec.image_input.name, chw, options.max_batch_size)
+        precision = " + ".join(p for p, on in (("INT8 Q/DQ", options.int8), ("FP16", options.fp16)) if on) or "FP32"
+        script = render_config(
+            "tensorrt/build_plan.sh.j2",
+            model=model, version=__version__, image=trt_convert.TRITON_IMAGE,
+            image_tag=trt_convert.TRITON_IMAGE.rsplit(":", 1)[1],
+            tensorrt_version=trt_convert.TRITON_TENSORRT_VERSION, onnx_file="model.onnx", plan_file="model.plan",
+            precision=precision, input_name=_comment_safe(spec.image_input.name),
+            min_shape="x".join(map(str, low)), opt_shape="x".join(map(str, opt)), max_shape="x".join(map(str, high)),
+            triton_trtexec=trt_convert.TRITON_TRTEXEC, triton_trtexec_sh=shlex.quote(trt_convert.TRITON_TRTEXEC),
+            trtexec_args=trt_convert.shell_command(args[1:], {"@ONNX@": '"$onnx"', "@PLAN@": '"$tmp"'}),
+        )
+        must_build = (
+            f"{model}/1/model.plan is NOT built: TensorRT is not installed here. Triton cannot load {model} "
+            f"(nor the ensemble) until you run {model}/1/build_plan.sh on the serving GPU inside "
+            f"{trt_convert.TRITON_IMAGE} with the repository mounted read-write (see {model}/README.md)."
+        )
+        command = trt_convert.trtexec_command(
+            "1/model.onnx", "1/model.plan", spec.image_input.name, chw, options.max_batch_size)
+        readme = (
+            f"# {model}: TensorRT plan not built yet\n\n"
+            f"Triton cannot load `{model}` (platform `tensorrt_plan`), nor the ensemble that uses it, until\n"
+            "`1/model.plan` exists. TensorRT was not installed where this repository was built, so it holds\n"
+            "`1/model.onnx` and `1/build_plan.sh` instead.\n\n"
+            "A plan only runs with the TensorRT version and on the GPU model that built it. Build it on the\n"
+            f"serving GPU, inside the container that will serve it ({trt_convert.TRITON_IMAGE}, TensorRT\n"
+            f"{trt_convert.TRITON_TENSORRT_VERSION}), with the repository mounted read-write:\n\n"
+            "```bash\n"
+            f'docker run --rm --gpus all -v "$PWD/REPO:/models" {trt_convert.TRITON_IMAGE} \\\n'
+            f"    bash /models/{model}/1/build_plan.sh\n"
+            "```\n\n"
+            "`build_plan.sh` runs the equivalent of this trtexec command (paths relative to this directory;\n"
+            f"precision comes from the ONNX tensor types: {precision}):\n\n"
+            f"    {shlex.join(command)}\n\n"
+            "Rebuild the plan after changing the GPU or the container release.\n"
+        )
+        return RuntimeFiles(
+            platform="tensorrt_plan",
+            files={"model.onnx": prepared, "build_plan.sh": script},
+            executable={"build_plan.sh"},
+            model_files={"README.md": readme},
+            instance_kind=None,
+            notes=[must_build],
+        )
+
+
+def _comment_safe(text: str) -> str:
+    if any(ord(c) < 0x20 for c in text):
+        raise EmitError(f"control character in tensor name {text!r}")
+    return text

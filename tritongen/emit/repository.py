@@ -32,6 +32,8 @@ class ModelDir:
     config_text: str
     files: dict[str, Path | str] = field(default_factory=dict)  # path in the model dir -> source file or text
     config: Any = None  # parsed ModelConfig
+    executable: set[str] = field(default_factory=set)  # paths in the model dir written with mode 0755
+    notes: list[str] = field(default_factory=list)  # what the user must know about this model
 
 
 @dataclass
@@ -68,8 +70,11 @@ def plan_models(
         raise EmitError(f"backend {backend_name} needs an ONNX model")
     if max_batch_size < 1:
         raise EmitError("max_batch_size must be >= 1")
+    if options.trt_accelerator is not None and not backend.accepts_trt_accelerator:
+        raise EmitError(f"the TensorRT accelerator option applies to --backend onnxruntime, not {backend_name}")
     pipeline_json = spec.pipeline_config(min_image_side).to_json()
     names = {step: f"{name}_{step}" for step in ("preprocess", "runtime", "postprocess")}
+    options.model_name = names["runtime"]
     model_input = spec.image_input
     raw_output = spec.outputs[0]
     image = _tensor("IMAGE", "bytes", [1])
@@ -78,7 +83,7 @@ def plan_models(
     results = _task_outputs(spec)
 
     common = {"max_batch_size": max_batch_size, "parameters": {}, "platform": None, "backend": "python",
-              "preferred_batch_sizes": [], "max_queue_delay_us": 0}
+              "preferred_batch_sizes": [], "max_queue_delay_us": 0, "gpu_accelerators": []}
     python_files = {"1/" + PIPELINE_FILE: pipeline_json}
     models = [
         ModelDir(
@@ -89,14 +94,17 @@ def plan_models(
         ),
     ]
     runtime = backend.runtime(spec, onnx_path, options)
-    runtime_ctx = {**common, "platform": runtime.platform, "backend": runtime.backend, "parameters": runtime.parameters}
+    runtime_ctx = {**common, "platform": runtime.platform, "backend": runtime.backend, "parameters": runtime.parameters,
+                   "gpu_accelerators": runtime.gpu_accelerators}
     models.append(
         ModelDir(
             names["runtime"],
             render_config("model/config.pbtxt.j2", name=names["runtime"], inputs=[model_in], outputs=[model_out],
                           instance_count=instances if runtime.instance_kind else 0, instance_kind=runtime.instance_kind,
                           dynamic_batching=True, **runtime_ctx),
-            {f"1/{k}": v for k, v in runtime.files.items()},
+            {**{f"1/{k}": v for k, v in runtime.files.items()}, **runtime.model_files},
+            executable={f"1/{k}" for k in runtime.executable},
+            notes=list(runtime.notes),
         )
     )
     models.append(
@@ -170,6 +178,8 @@ def write_repository(models: list[ModelDir], output: Path, force: bool = False) 
                         shutil.copyfile(source, dest)
                 else:
                     dest.write_text(source, encoding="utf-8")
+                if rel in model.executable:
+                    dest.chmod(0o755)
         trash = staging / ".replaced"
         for model in models:
             target = output / model.name
