@@ -4,8 +4,11 @@ Runtimes are imported lazily so a model that needs only one of them imports only
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -50,7 +53,11 @@ class PaddleInferenceRunner:
         if int8:  # a PaddleSlim QDQ program: oneDNN fuses it into INT8 kernels
             config.enable_mkldnn_int8()
         config.switch_ir_optim(True)
-        self.predictor = inference.create_predictor(config)
+        with _native_output_captured() as captured:
+            try:
+                self.predictor = inference.create_predictor(config)
+            except Exception as exc:
+                raise RuntimeError(f"Paddle Inference cannot load {model_file}: {exc}\n{captured()[-2000:]}") from None
         self.input_names = list(self.predictor.get_input_names())
         self.output_names = list(self.predictor.get_output_names())
 
@@ -61,6 +68,31 @@ class PaddleInferenceRunner:
             handle.copy_from_cpu(np.ascontiguousarray(feeds[name]))
         self.predictor.run()
         return {name: self.predictor.get_output_handle(name).copy_to_cpu() for name in self.output_names}
+
+
+@contextlib.contextmanager
+def _native_output_captured() -> Iterator[Any]:
+    """Send what C++ code prints to fds 1/2 into a temp file (Paddle's oneDNN passes print
+    dozens of lines per predictor); yields a function returning the captured text."""
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+
+        def captured() -> str:
+            sink.seek(0)
+            return sink.read().decode("utf-8", "replace")
+
+        try:
+            yield captured
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 RUNNERS: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner, "paddle": PaddleInferenceRunner}
