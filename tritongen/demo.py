@@ -67,31 +67,46 @@ def make_classifier(
     paddle.enable_static()
     try:
         main, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.static.program_guard(main, startup):
-            x = paddle.static.data("x", [None, 3, *input_hw], "float32")
-            pooled = paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(x, 1), 1)  # [N, 3]
-            colour_logits = paddle.static.nn.fc(
-                pooled, len(names),
-                weight_attr=_const(2 * sharpness * protos.T),
-                bias_attr=_const(-sharpness * (protos**2).sum(1)),
-            )
-            h = paddle.static.nn.conv2d(x, conv_channels, 3, stride=2, padding=1, act="relu",
-                                        param_attr=_const(rng.normal(0, 0.3, (conv_channels, 3, 3, 3))), bias_attr=False)
-            h = paddle.static.nn.batch_norm(h, is_test=True)
-            h = paddle.static.nn.conv2d(h, conv_channels, 3, stride=2, padding=1, act="relu",
-                                        param_attr=_const(rng.normal(0, 0.2, (conv_channels, conv_channels, 3, 3))), bias_attr=False)
-            h = paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(h, 1), 1)
-            texture_logits = paddle.static.nn.fc(h, len(names), weight_attr=_const(rng.normal(0, 0.5, (conv_channels, len(names)))))
-            logits = colour_logits + texture_logits
-            if scalar_gate:  # a 0-D activation (a scalar mean), which some quantizers trip over
-                logits = logits * (1.0 + 0.0 * paddle.mean(x))
-            probs = paddle.nn.functional.softmax(logits)
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        exe.run(startup)
-        paddle.static.save_inference_model(str(out / "inference"), [x], [probs], exe, program=main)
+        # A fresh name scope: variable names (fc_0.tmp_1, ...) must not depend on what this
+        # process built before.
+        with paddle.utils.unique_name.guard():
+            _build_program(paddle, main, startup, out, input_hw, names, protos, sharpness, rng, conv_channels, scalar_gate)
     finally:
         paddle.disable_static()
+    _write_config(out, ops, names, topk, label_file, extra_global)
+    return out
 
+
+def _build_program(paddle, main, startup, out, input_hw, names, protos, sharpness, rng, conv_channels, scalar_gate):
+    """The colour-prototype head plus a seeded two-conv texture head, saved as an inference model."""
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [None, 3, *input_hw], "float32")
+        pooled = paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(x, 1), 1)  # [N, 3]
+        colour_logits = paddle.static.nn.fc(
+            pooled, len(names),
+            weight_attr=_const(2 * sharpness * protos.T),
+            bias_attr=_const(-sharpness * (protos**2).sum(1)),
+        )
+        h = paddle.static.nn.conv2d(x, conv_channels, 3, stride=2, padding=1, act="relu",
+                                    param_attr=_const(rng.normal(0, 0.3, (conv_channels, 3, 3, 3))), bias_attr=False)
+        h = paddle.static.nn.batch_norm(h, is_test=True)
+        h = paddle.static.nn.conv2d(h, conv_channels, 3, stride=2, padding=1, act="relu",
+                                    param_attr=_const(rng.normal(0, 0.2, (conv_channels, conv_channels, 3, 3))),
+                                    bias_attr=False)
+        h = paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(h, 1), 1)
+        texture_logits = paddle.static.nn.fc(h, len(names),
+                                             weight_attr=_const(rng.normal(0, 0.5, (conv_channels, len(names)))))
+        logits = colour_logits + texture_logits
+        if scalar_gate:  # a 0-D activation (a scalar mean), which some quantizers trip over
+            logits = logits * (1.0 + 0.0 * paddle.mean(x))
+        probs = paddle.nn.functional.softmax(logits)
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    exe.run(startup)
+    paddle.static.save_inference_model(str(out / "inference"), [x], [probs], exe, program=main)
+
+
+def _write_config(out: Path, ops, names, topk, label_file, extra_global) -> None:
+    """inference_cls.yaml and the class_id_map_file, as PaddleClas exports them."""
     topk_cfg: dict[str, Any] = {"topk": topk}
     if label_file:
         (out / label_file).write_text("".join(f"{i} {n}\n" for i, n in enumerate(names)), encoding="utf-8")
@@ -103,7 +118,6 @@ def make_classifier(
         "PostProcess": {"main_indicator": "Topk", "Topk": topk_cfg},
     }
     (out / "inference_cls.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return out
 
 
 def _const(value: np.ndarray):
