@@ -113,11 +113,11 @@ def start_serve_cli(repo: Path, log_dir: Path, timeout: float = 300) -> Served:
     raise AssertionError(f"tritongen serve not ready after {timeout}s:\n{stdout_path.read_text()}")
 
 
-def stop_serve_cli(served: Served, timeout: float = 60) -> int:
+def stop_serve_cli(served: Served, timeout: float = 60, sig: int | None = None) -> int:
     import signal
 
     if served.process.poll() is None:
-        served.process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM if sig is None else sig)
     return served.process.wait(timeout)
 
 

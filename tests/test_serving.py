@@ -190,12 +190,18 @@ def test_serve_reports_port_in_use(served_repo):
     assert proc.returncode == 1 and "already in use" in proc.stderr
 
 
-def test_sigterm_stops_server_and_its_stubs(clas_export, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])  # SIGINT is what Ctrl-C sends
+def test_signal_stops_server_and_its_stubs(clas_export, tmp_path, sig):
+    import signal
+
     repo = tmp_path / "repo"
     run_cli("build", clas_export, "--name", "stopme", "--backend", "python-onnxruntime", "--output", repo)
     served = start_serve_cli(repo, tmp_path)
-    assert pid_children_alive(str(repo / "stopme_runtime"))  # its stub runs
-    assert stop_serve_cli(served) == 0
+    try:
+        assert pid_children_alive(str(repo / "stopme_runtime"))  # its stub runs
+    finally:
+        code = stop_serve_cli(served, sig=getattr(signal, sig))
+    assert code == 0
     assert "tritonserver stopped" in served.stdout_path.read_text()
     deadline = time.monotonic() + 10
     while pid_children_alive(str(repo)) and time.monotonic() < deadline:
