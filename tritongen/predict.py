@@ -18,7 +18,7 @@ class LocalPredictor:
 
     def __init__(self, spec: ModelSpec, runtime: str = "paddle", onnx_path: Path | None = None, threads: int = 1):
         self.spec = spec
-        config = spec.pipeline_config()
+        self.config = config = spec.pipeline_config()
         self.preprocess = Preprocessor(config)
         self.postprocess = postprocessor(config)
         if runtime == "paddle":
@@ -38,6 +38,6 @@ class LocalPredictor:
             batch = self.preprocess([read_image_bytes(i) for i in images])
         except PreprocessError as exc:
             raise TritongenError(str(exc)) from None
-        raw = self.runner.run({self.spec.image_input.name: batch})[self.spec.outputs[0].name]
-        return Classification.batch_from_outputs(self.postprocess(raw))
+        raw = self.runner.run({name: batch[name] for name in self.config.feeds})
+        return Classification.batch_from_outputs(self.postprocess(raw, batch))
 

@@ -19,13 +19,13 @@ class TritonPythonModel:
         here = os.path.dirname(os.path.abspath(__file__))
         self.postprocess = postprocessor(PipelineConfig.load(os.path.join(here, PIPELINE_FILE)))
         model_config = json.loads(args["model_config"])
-        self.input_name = model_config["input"][0]["name"]
+        self.input_names = [t["name"] for t in model_config["input"]]  # raw outputs + side tensors
         self.output_names = [t["name"] for t in model_config["output"]]
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            raw = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            results = self.postprocess(raw)
+            inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            results = self.postprocess(inputs, inputs)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, results[n]) for n in self.output_names]))
         return responses

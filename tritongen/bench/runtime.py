@@ -83,10 +83,10 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], runs: int, war
 def end_to_end(spec: ModelSpec, runner, image: bytes) -> Callable[[], object]:
     config = spec.pipeline_config()
     preprocess, post = Preprocessor(config), postprocessor(config)
-    feed, fetch = spec.image_input.name, spec.outputs[0].name
 
     def run() -> object:
-        return post(runner.run({feed: preprocess([image])})[fetch])
+        batch = preprocess([image])
+        return post(runner.run({name: batch[name] for name in config.feeds}), batch)
 
     return run
 

@@ -72,14 +72,18 @@ def plan_models(
         raise EmitError("max_batch_size must be >= 1")
     if options.trt_accelerator is not None and not backend.accepts_trt_accelerator:
         raise EmitError(f"the TensorRT accelerator option applies to --backend onnxruntime, not {backend_name}")
-    pipeline_json = spec.pipeline_config(min_image_side).to_json()
+    pipeline = spec.pipeline_config(min_image_side)
+    pipeline_json = pipeline.to_json()
     names = {step: f"{name}_{step}" for step in ("preprocess", "runtime", "postprocess")}
     options.model_name = names["runtime"]
-    model_input = spec.image_input
-    raw_output = spec.outputs[0]
     image = _tensor("IMAGE", "bytes", [1])
-    model_in = _tensor(model_input.name, model_input.dtype, spec.preprocessed_shape)
-    model_out = _tensor(raw_output.name, raw_output.dtype, list(raw_output.shape[1:]))
+    declared = {t.name: t for t in spec.inputs}
+    feeds = [
+        _tensor(feed, declared[feed].dtype, spec.preprocessed_shape if source == "image" else list(declared[feed].shape[1:]))
+        for feed, source in pipeline.feeds.items()
+    ]
+    raw_outputs = [_tensor(t.name, t.dtype, list(t.shape[1:])) for t in spec.outputs]
+    side = [_tensor(s, "int32", [2]) for s in pipeline.side]  # ORIG_SIZE: (height, width)
     results = _task_outputs(spec)
 
     common = {"max_batch_size": max_batch_size, "parameters": {}, "platform": None, "backend": "python",
@@ -88,7 +92,7 @@ def plan_models(
     models = [
         ModelDir(
             names["preprocess"],
-            render_config("model/config.pbtxt.j2", name=names["preprocess"], inputs=[image], outputs=[model_in],
+            render_config("model/config.pbtxt.j2", name=names["preprocess"], inputs=[image], outputs=feeds + side,
                           instance_count=instances, instance_kind="KIND_CPU", dynamic_batching=False, **common),
             {"1/model.py": template_path("python/preprocess.py"), **python_files},
         ),
@@ -99,7 +103,7 @@ def plan_models(
     models.append(
         ModelDir(
             names["runtime"],
-            render_config("model/config.pbtxt.j2", name=names["runtime"], inputs=[model_in], outputs=[model_out],
+            render_config("model/config.pbtxt.j2", name=names["runtime"], inputs=feeds, outputs=raw_outputs,
                           instance_count=instances if runtime.instance_kind else 0, instance_kind=runtime.instance_kind,
                           dynamic_batching=True, **runtime_ctx),
             {**{f"1/{k}": v for k, v in runtime.files.items()}, **runtime.model_files},
@@ -110,15 +114,19 @@ def plan_models(
     models.append(
         ModelDir(
             names["postprocess"],
-            render_config("model/config.pbtxt.j2", name=names["postprocess"], inputs=[model_out], outputs=results,
+            render_config("model/config.pbtxt.j2", name=names["postprocess"], inputs=raw_outputs + side, outputs=results,
                           instance_count=1, instance_kind="KIND_CPU", dynamic_batching=False, **common),
             {"1/model.py": template_path("python/postprocess.py"), **python_files},
         )
     )
+    # Ensemble-internal tensor names: what each step hands to the next.
+    fed = {t["name"]: f"preprocessed/{t['name']}" for t in feeds}
+    raw = {t["name"]: f"raw/{t['name']}" for t in raw_outputs}
+    passed = {t["name"]: f"side/{t['name']}" for t in side}
     steps = [
-        {"model": names["preprocess"], "inputs": {"IMAGE": "IMAGE"}, "outputs": {model_input.name: "preprocessed"}},
-        {"model": names["runtime"], "inputs": {model_input.name: "preprocessed"}, "outputs": {raw_output.name: "raw_output"}},
-        {"model": names["postprocess"], "inputs": {raw_output.name: "raw_output"}, "outputs": {t["name"]: t["name"] for t in results}},
+        {"model": names["preprocess"], "inputs": {"IMAGE": "IMAGE"}, "outputs": {**fed, **passed}},
+        {"model": names["runtime"], "inputs": fed, "outputs": raw},
+        {"model": names["postprocess"], "inputs": {**raw, **passed}, "outputs": {t["name"]: t["name"] for t in results}},
     ]
     info = {"tritongen_version": __version__, "backend": backend_name, "family": spec.family, "task": spec.task,
             "source": str(spec.source_dir), "composing_models": list(names.values()), **(build_info or {})}

@@ -48,13 +48,14 @@ class ModelSpec:
     @property
     def preprocessed_shape(self) -> list[int]:
         """Per-image tensor shape after preprocessing (no batch axis); -1 where image-dependent."""
-        return Pipeline.from_config(self.preprocess).output_shape()
+        return Pipeline.from_config(self.preprocess, self.family).output_shape()
 
     def pipeline_config(self, min_image_side: int | None = None) -> PipelineConfig:
         cfg = PipelineConfig(
             task=self.task,
-            input_name=self.image_input.name,
-            output_name=self.outputs[0].name,
+            family=self.family,
+            feeds={self.image_input.name: "image"},
+            outputs=[t.name for t in self.outputs],
             preprocess=self.preprocess,
             postprocess=self.postprocess,
             labels=self.labels,

@@ -29,12 +29,35 @@ INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 
-OPS: dict[str, type["Op"]] = {}
+# Ops by model family: PaddleClas, PaddleDetection and PaddleSeg each name their own ops
+# (two different "NormalizeImage"s, two "Resize"s), so every family has its own namespace;
+# COMMON ops are visible to all.
+COMMON = "common"
+OPS: dict[str, dict[str, type["Op"]]] = {}
+Info = dict[str, np.ndarray]  # per-image side data: im_shape, scale_factor, orig_shape
 
 
-def register(cls: type["Op"]) -> type["Op"]:
-    OPS[cls.name] = cls
-    return cls
+def register(*families: str):
+    def add(cls: type["Op"]) -> type["Op"]:
+        for family in families:
+            OPS.setdefault(family, {})[cls.name] = cls
+        return cls
+
+    return add
+
+
+def ops_for(family: str) -> dict[str, type["Op"]]:
+    return {**OPS.get(COMMON, {}), **OPS.get(family, {})}
+
+
+def initial_info(img: np.ndarray) -> Info:
+    """What PaddleDetection's deploy decode_image records, plus the original size."""
+    h, w = img.shape[:2]
+    return {
+        "im_shape": np.array([h, w], np.float32),
+        "scale_factor": np.array([1.0, 1.0], np.float32),
+        "orig_shape": np.array([h, w], np.int32),
+    }
 
 
 class Op(ABC):
@@ -55,6 +78,10 @@ class Op(ABC):
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """Transform one image."""
 
+    def run(self, img: np.ndarray, info: Info) -> np.ndarray:
+        """Transform one image and update its side data (ops that change geometry override this)."""
+        return self(img)
+
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
@@ -62,7 +89,7 @@ class Op(ABC):
         return {self.name: {k: v for k, v in self.config.items() if v != self.params[k]}}
 
 
-@register
+@register(COMMON)
 class ToRGB(Op):
     """PaddleClas's predictor reads with cv2 (BGR) and flips to RGB before the yaml ops."""
 
@@ -72,7 +99,7 @@ class ToRGB(Op):
         return img[:, :, ::-1]
 
 
-@register
+@register("paddleclas")
 class ResizeImage(Op):
     name = "ResizeImage"
     params = {"size": None, "resize_short": None, "interpolation": None, "backend": "cv2"}
@@ -112,7 +139,7 @@ class ResizeImage(Op):
         return (self.h, self.w, shape[2], shape[3])
 
 
-@register
+@register("paddleclas")
 class CropImage(Op):
     """Centre crop; ``size`` is an int or PaddleClas's (w, h) pair."""
 
@@ -138,7 +165,7 @@ class CropImage(Op):
         return (self.h, self.w, shape[2], shape[3])
 
 
-@register
+@register("paddleclas")
 class NormalizeImage(Op):
     name = "NormalizeImage"
     params = {
@@ -190,7 +217,7 @@ class NormalizeImage(Op):
         return (shape[0], shape[1], self.config["channel_num"], shape[3])
 
 
-@register
+@register("paddleclas")
 class ToCHWImage(Op):
     name = "ToCHWImage"
 
@@ -206,18 +233,23 @@ class Pipeline:
     """Decoded BGR image -> model input tensor (one image, no batch axis)."""
 
     ops: list[Op]
+    family: str = "paddleclas"
 
     @classmethod
-    def from_config(cls, op_list: list[dict[str, Any]]) -> "Pipeline":
-        return cls([build_op(entry, i) for i, entry in enumerate(op_list)])
+    def from_config(cls, op_list: list[dict[str, Any]], family: str = "paddleclas") -> "Pipeline":
+        return cls([build_op(entry, i, family) for i, entry in enumerate(op_list)], family)
 
     def to_config(self) -> list[dict[str, Any]]:
         return [op.to_dict() for op in self.ops]
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
+    def run(self, img: np.ndarray) -> tuple[np.ndarray, Info]:
+        info = initial_info(img)
         for op in self.ops:
-            img = op(img)
-        return np.ascontiguousarray(img)
+            img = op.run(img, info)
+        return np.ascontiguousarray(img), info
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return self.run(img)[0]
 
     def output_shape(self) -> list[int]:
         """Static shape of one output tensor, -1 where it depends on the image."""
@@ -228,18 +260,19 @@ class Pipeline:
         return [c, h, w] if layout == "chw" else [h, w, c]
 
 
-def build_op(entry: Any, index: int = 0) -> Op:
+def build_op(entry: Any, index: int = 0, family: str = "paddleclas") -> Op:
     """Build one op from the yaml form ``{Name: {param: value}}`` (params may be null)."""
     if not isinstance(entry, dict) or len(entry) != 1:
         raise OpConfigError(f"op #{index}: expected a mapping with one op name, got {entry!r}", key=str(index))
     (name, params), = entry.items()
-    if name not in OPS:
-        raise OpConfigError(f"op #{index}: unsupported op {name!r} (supported: {', '.join(sorted(OPS))})", key=str(name))
+    known = ops_for(family)
+    if name not in known:
+        raise OpConfigError(f"op #{index}: unsupported op {name!r} (supported: {', '.join(sorted(known))})", key=str(name))
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise OpConfigError(f"{name}: parameters must be a mapping, got {params!r}", key=str(name))
-    return OPS[name](**params)
+    return known[name](**params)
 
 
 def _positive_int(value: Any, op: str, key: str) -> int:

@@ -1,7 +1,11 @@
-"""The serving pipeline's two ends: encoded images -> input batch, raw outputs -> results.
+"""The serving pipeline's two ends: encoded images -> model feeds, raw outputs -> results.
 
 ``PipelineConfig`` is what a generated repository stores (``pipeline.json``); the
 in-process predictor, the Triton Python models and the tests all build from it.
+
+A model may take several feeds (PaddleDetection: ``image``, ``scale_factor``, ``im_shape``);
+``feeds`` maps each feed name to what fills it. ``side`` names per-image tensors that skip
+the network and go from preprocessing straight to postprocessing (the original image size).
 """
 from __future__ import annotations
 
@@ -15,20 +19,29 @@ import numpy as np
 from . import classification
 from .errors import PreprocessError
 from .image import DEFAULT_MIN_SIDE, decode_image
-from .ops import Pipeline
+from .ops import Info, Pipeline
 
 PIPELINE_FILE = "pipeline.json"
+# Feed sources: the preprocessed image, or an entry of the per-image side data.
+FEED_SOURCES = ("image", "im_shape", "scale_factor")
+ORIG_SIZE = "ORIG_SIZE"  # side tensor: original (height, width), int32
 
 
 @dataclass
 class PipelineConfig:
     task: str
-    input_name: str
-    output_name: str
+    feeds: dict[str, str]  # model feed name -> one of FEED_SOURCES
+    outputs: list[str]  # the network's raw outputs, in order
     preprocess: list[dict[str, Any]]
+    family: str = "paddleclas"
     postprocess: dict[str, Any] = field(default_factory=dict)
     labels: list[str] | None = None
     min_image_side: int = DEFAULT_MIN_SIDE
+    side: list[str] = field(default_factory=list)
+
+    @property
+    def image_feed(self) -> str:
+        return next(name for name, source in self.feeds.items() if source == "image")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -42,27 +55,42 @@ class PipelineConfig:
 
 
 class Preprocessor:
-    """Encoded images -> one float32 batch [N, ...] for the model's input."""
+    """Encoded images -> one batch per model feed (and side tensor)."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self.ops = Pipeline.from_config(config.preprocess)
+        self.ops = Pipeline.from_config(config.preprocess, config.family)
+
+    def sample(self, data: bytes) -> tuple[np.ndarray, Info]:
+        return self.ops.run(decode_image(data, self.config.min_image_side))
 
     def one(self, data: bytes) -> np.ndarray:
-        return self.ops(decode_image(data, self.config.min_image_side))
+        """The image feed of one image (calibration uses this)."""
+        return self.sample(data)[0]
 
-    def __call__(self, images: Sequence[bytes]) -> np.ndarray:
-        tensors = []
+    def __call__(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        samples = []
         for i, data in enumerate(images):
             try:
-                tensors.append(self.one(data))
+                samples.append(self.sample(data))
             except PreprocessError as exc:
                 raise PreprocessError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from None
+        batch: dict[str, np.ndarray] = {}
+        for feed, source in self.config.feeds.items():
+            if source == "image":
+                batch[feed] = self._stack_images([img for img, _ in samples])
+            else:
+                batch[feed] = np.stack([info[source] for _, info in samples]).astype(np.float32)
+        if ORIG_SIZE in self.config.side:
+            batch[ORIG_SIZE] = np.stack([info["orig_shape"] for _, info in samples]).astype(np.int32)
+        return batch
+
+    def _stack_images(self, tensors: list[np.ndarray]) -> np.ndarray:
         shapes = {t.shape for t in tensors}
         if len(shapes) > 1:
             raise PreprocessError(
                 f"the images of one request became tensors of different shapes {sorted(shapes)}; "
-                "this model has no fixed-size crop, so send images of one size per request"
+                "this model has no fixed-size resize or crop, so send images of one size per request"
             )
         return np.stack(tensors)
 
@@ -73,9 +101,10 @@ class ClassificationPostprocessor:
     def __init__(self, config: PipelineConfig):
         self.k = int(config.postprocess["topk"])
         self.labels = config.labels
+        self.scores_name = config.outputs[0]
 
-    def __call__(self, scores: np.ndarray) -> dict[str, np.ndarray]:
-        ids, top_scores = classification.topk(scores, self.k)
+    def __call__(self, raw: dict[str, np.ndarray], side: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        ids, top_scores = classification.topk(raw[self.scores_name], self.k)
         out = {"LABEL_IDS": ids, "SCORES": top_scores}
         if self.labels is not None:
             out["LABELS"] = classification.label_names(ids, self.labels)
@@ -85,5 +114,5 @@ class ClassificationPostprocessor:
 POSTPROCESSORS = {"classification": ClassificationPostprocessor}
 
 
-def postprocessor(config: PipelineConfig) -> ClassificationPostprocessor:
+def postprocessor(config: PipelineConfig):
     return POSTPROCESSORS[config.task](config)
