@@ -146,13 +146,14 @@ def plan_models(
 
 
 def _task_outputs(spec: ModelSpec) -> list[dict[str, Any]]:
-    if spec.task == "classification":
-        k = int(spec.postprocess["topk"])
-        out = [_tensor("LABEL_IDS", "int32", [k]), _tensor("SCORES", "float32", [k])]
-        if spec.labels is not None:
-            out.append(_tensor("LABELS", "bytes", [k]))
-        return out
-    raise EmitError(f"task {spec.task!r} has no ensemble outputs defined")
+    """The ensemble's result tensors, as the task's own processing module declares them."""
+    from ..processing.pipeline import task_module
+
+    try:
+        declared = task_module(spec.task).outputs(spec.pipeline_config())
+    except ValueError as exc:
+        raise EmitError(str(exc)) from None
+    return [_tensor(name, dtype, dims) for name, dtype, dims in declared]
 
 
 def _processing_package() -> Path:

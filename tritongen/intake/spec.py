@@ -35,6 +35,9 @@ class ModelSpec:
     op_types: frozenset[str] = field(default_factory=frozenset)
     runtime_options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know (missing label file, ...)
+    # Model feed -> what fills it ("image", "im_shape", "scale_factor"); default: the image feed only.
+    feeds: dict[str, str] = field(default_factory=dict)
+    side: list[str] = field(default_factory=list)  # side tensors preprocess -> postprocess (e.g. ORIG_SIZE)
 
     @property
     def is_quantized(self) -> bool:
@@ -43,7 +46,9 @@ class ModelSpec:
 
     @property
     def image_input(self) -> TensorSpec:
-        return self.inputs[0]
+        """The feed that takes the preprocessed image (the first feed unless ``feeds`` says otherwise)."""
+        image = next((name for name, source in self.feeds.items() if source == "image"), None)
+        return next((t for t in self.inputs if t.name == image), self.inputs[0])
 
     @property
     def preprocessed_shape(self) -> list[int]:
@@ -54,7 +59,8 @@ class ModelSpec:
         cfg = PipelineConfig(
             task=self.task,
             family=self.family,
-            feeds={self.image_input.name: "image"},
+            feeds=dict(self.feeds) or {self.image_input.name: "image"},
+            side=list(self.side),
             outputs=[t.name for t in self.outputs],
             preprocess=self.preprocess,
             postprocess=self.postprocess,

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineConfig
 
 
 def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,3 +46,28 @@ def label_names(ids: np.ndarray, labels: list[str]) -> np.ndarray:
     for index, cid in np.ndenumerate(ids):
         out[index] = (labels[cid] if 0 <= cid < len(labels) else "").encode("utf-8")
     return out
+
+
+def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
+    """Ensemble results: (name, numpy dtype or 'bytes', dims without the batch axis)."""
+    k = int(config.postprocess["topk"])
+    result = [("LABEL_IDS", "int32", [k]), ("SCORES", "float32", [k])]
+    if config.labels is not None:
+        result.append(("LABELS", "bytes", [k]))
+    return result
+
+
+class Postprocessor:
+    """Model scores [N, C] -> LABEL_IDS / SCORES (/ LABELS) [N, K]."""
+
+    def __init__(self, config: "PipelineConfig"):
+        self.k = int(config.postprocess["topk"])
+        self.labels = config.labels
+        self.scores_name = config.outputs[0]
+
+    def __call__(self, raw: dict[str, np.ndarray], side: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        ids, top_scores = topk(raw[self.scores_name], self.k)
+        out = {"LABEL_IDS": ids, "SCORES": top_scores}
+        if self.labels is not None:
+            out["LABELS"] = label_names(ids, self.labels)
+        return out

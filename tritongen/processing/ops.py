@@ -47,6 +47,15 @@ def register(*families: str):
 
 
 def ops_for(family: str) -> dict[str, type["Op"]]:
+    """Ops a family's yaml may name. A family other than PaddleClas keeps its ops in
+    ``ops_<family>.py`` beside this file, imported (and so registered) on first use."""
+    if family not in OPS:
+        import importlib
+
+        try:
+            importlib.import_module(f".ops_{family}", __package__)
+        except ModuleNotFoundError:
+            raise OpConfigError(f"no preprocessing ops for model family {family!r}", key=family) from None
     return {**OPS.get(COMMON, {}), **OPS.get(family, {})}
 
 

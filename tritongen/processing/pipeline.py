@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import classification
 from .errors import PreprocessError
 from .image import DEFAULT_MIN_SIDE, decode_image
 from .ops import Info, Pipeline
@@ -95,24 +94,16 @@ class Preprocessor:
         return np.stack(tensors)
 
 
-class ClassificationPostprocessor:
-    """Model scores [N, C] -> LABEL_IDS / SCORES (/ LABELS) [N, K]."""
+def task_module(task: str):
+    """The module of a task (classification, detection, segmentation): it defines
+    ``Postprocessor(config)`` and ``outputs(config)``, the ensemble's result tensors."""
+    import importlib
 
-    def __init__(self, config: PipelineConfig):
-        self.k = int(config.postprocess["topk"])
-        self.labels = config.labels
-        self.scores_name = config.outputs[0]
-
-    def __call__(self, raw: dict[str, np.ndarray], side: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        ids, top_scores = classification.topk(raw[self.scores_name], self.k)
-        out = {"LABEL_IDS": ids, "SCORES": top_scores}
-        if self.labels is not None:
-            out["LABELS"] = classification.label_names(ids, self.labels)
-        return out
-
-
-POSTPROCESSORS = {"classification": ClassificationPostprocessor}
+    try:
+        return importlib.import_module(f".{task}", __package__)
+    except ModuleNotFoundError:
+        raise ValueError(f"unknown task {task!r}") from None
 
 
 def postprocessor(config: PipelineConfig):
-    return POSTPROCESSORS[config.task](config)
+    return task_module(config.task).Postprocessor(config)
