@@ -56,12 +56,15 @@ def build(
     fp16: bool = False,
     step: Callable[[str], None] = lambda message: None,
     trt_accelerator: str | None = None,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
 ) -> BuildResult:
     """Build a Triton repository for ``source`` (export directory or zoo name) into ``output``."""
     runtime_backend = get_backend(backend)
     output = Path(output)
     step(f"reading {source}")
-    spec = load_model(source, name=name, labels=labels, sha256=sha256)
+    spec = load_model(source, name=name, labels=labels, sha256=sha256, score_threshold=score_threshold,
+                      max_detections=max_detections)
     check_name(spec.name)
     if int8 is not None and spec.is_quantized:
         raise TritongenError(f"{spec.source_dir} is already quantized; build it without --int8")

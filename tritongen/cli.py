@@ -39,6 +39,10 @@ def build(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label file '<id> <name>' per line (overrides the yaml's)."),
     min_image_side: Optional[int] = typer.Option(None, "--min-image-side", min=1, help="Reject smaller images (default 8)."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of a zoo archive."),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", min=0.0, max=1.0,
+                                                    help="Detection: drop boxes below this score (default: the export's draw_threshold)."),
+    max_detections: Optional[int] = typer.Option(None, "--max-detections", min=1,
+                                                 help="Detection: boxes returned per image (default 100)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize (PaddleSlim) and serve INT8; needs --calib-dir."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16."),
     trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator",
@@ -67,7 +71,8 @@ def build(
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            int8=int8_options, fp16=fp16, trt_accelerator=trt_accelerator, step=_step_printer(status),
+            int8=int8_options, fp16=fp16, trt_accelerator=trt_accelerator, score_threshold=score_threshold,
+            max_detections=max_detections, step=_step_printer(status),
         )
     repo = result.repository
     int8_choice = result.int8.get("onnxruntime")
@@ -208,28 +213,37 @@ def infer(
     images: List[Path] = typer.Argument(..., help="Image files, sent as one batch."),
     url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Write the image with boxes / mask / label drawn (OUT.png; "
+                                                            "several images: OUT_0.png, OUT_1.png, ...)."),
 ) -> None:
-    """Classify images with a served ensemble and print the top-k."""
+    """Run a served ensemble (classification, detection or segmentation) on images and print the results."""
     import json
-    from dataclasses import asdict
 
-    from .client import ClassificationClient
+    from .client import client_for
+    from .client.base import read_image_bytes
 
-    with ClassificationClient(model, url=url, timeout=timeout) as client:
-        results = client.classify(images)
+    with client_for(model, url=url, timeout=timeout) as client:
+        results = client.run(images)
+    if draw is not None:
+        from .processing.image import decode_image
+
+        for i, (path, result) in enumerate(zip(images, results)):
+            target = draw if len(images) == 1 else draw.with_name(f"{draw.stem}_{i}{draw.suffix or '.png'}")
+            _write_image(target, result.render(decode_image(read_image_bytes(path), min_side=1)))
+            console.print(f"wrote {target}", highlight=False)
     if as_json:
-        out.print_json(json.dumps([{"image": str(p), **asdict(r)} for p, r in zip(images, results)]))
+        out.print_json(json.dumps([{"image": str(p), **r.summary()} for p, r in zip(images, results)]))
         return
     for path, result in zip(images, results):
-        table = Table(title=str(path), title_justify="left")
-        table.add_column("rank", justify="right")
-        table.add_column("class id", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("label")
-        for rank, (cid, score, label) in enumerate(result.rows(), 1):
-            table.add_row(str(rank), str(cid), f"{score:.4f}", label)
-        out.print(table)
+        out.print(result.table(str(path)))
+
+
+def _write_image(path: Path, image) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), image):
+        raise TritongenError(f"cannot write {path} (use a .png or .jpg name in an existing directory)")
 
 
 @app.command()

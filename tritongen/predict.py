@@ -11,6 +11,8 @@ from .processing.errors import PreprocessError
 from .processing.pipeline import Preprocessor, postprocessor
 from .processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 from .results import Classification
+from .results import Detection
+from .results import Segmentation
 
 
 class LocalPredictor:
@@ -33,11 +35,15 @@ class LocalPredictor:
         else:
             raise TritongenError(f"unknown runtime {runtime!r}: use 'paddle' or 'onnxruntime'")
 
-    def predict(self, images: Sequence[ImageSource]) -> list[Classification]:
+    def predict(self, images: Sequence[ImageSource]) -> list[Classification] | list[Segmentation]:
         try:
             batch = self.preprocess([read_image_bytes(i) for i in images])
         except PreprocessError as exc:
             raise TritongenError(str(exc)) from None
         raw = self.runner.run({name: batch[name] for name in self.config.feeds})
+        if self.spec.task == "detection":
+            return Detection.batch_from_outputs(self.postprocess(raw, batch))
+        if self.spec.task == "segmentation":
+            return Segmentation.batch_from_outputs(self.postprocess(raw, batch))
         return Classification.batch_from_outputs(self.postprocess(raw, batch))
 

@@ -22,6 +22,8 @@ class TritonPythonModel:
         here = os.path.dirname(os.path.abspath(__file__))
         with open(os.path.join(here, RUNTIME_FILE), encoding="utf-8") as f:
             settings = json.load(f)
+        # Detectors with multiclass_nms3 in the graph: rows + counts -> batch-major (see processing.detection).
+        self.nms = settings.pop("nms_outputs", None)
         runner_cls = RUNNERS[settings.pop("runtime")]
         files = [os.path.join(here, name) for name in settings.pop("files")]
         self.runner = runner_cls(*files, **settings)
@@ -37,7 +39,8 @@ class TritonPythonModel:
                 feeds[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
             sizes.append(len(feeds[self.inputs[0]][-1]))
         try:
-            results = self.runner.run({name: np.concatenate(parts) for name, parts in feeds.items()})
+            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
+            results = self._run_nms_graph(batch) if self.nms else self.runner.run(batch)
         except Exception as exc:  # a runtime failure fails these requests, not the server
             error = pb_utils.TritonError(f"runtime failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
@@ -47,3 +50,21 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
+
+    def _run_nms_graph(self, batch):
+        """Run a multiclass_nms3 graph (one image per run for ONNX: paddle2onnx's NMS takes batch 1)
+        and return its rows [N, keep_top_k, 6] and counts [N, 1]."""
+        from tritongen_processing.detection import nms_batch_major
+
+        rows_name, counts_name = self.nms["rows"], self.nms["counts"]
+        n = len(next(iter(batch.values())))
+        chunks = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(n)] if self.nms["one_image_per_run"] else [batch]
+        rows, counts = [], []
+        for chunk in chunks:
+            out = self.runner.run(chunk)
+            r = np.asarray(out[rows_name]).reshape(-1, out[rows_name].shape[-1])
+            c = np.asarray(out[counts_name]).reshape(-1)
+            rows.append(r if r.shape[-1] == 6 else np.zeros((0, 6), np.float32))
+            counts.append(c if r.shape[-1] == 6 else np.zeros_like(c))
+        boxes, nums = nms_batch_major(np.concatenate(rows), np.concatenate(counts), int(self.nms["keep_top_k"]))
+        return {rows_name: boxes, counts_name: nums}

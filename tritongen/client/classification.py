@@ -17,3 +17,5 @@ class ClassificationClient(TritonClient):
             raise ClientError(f"model {self.model!r} is not a tritongen classifier (outputs {outputs})")
         wanted = [n for n in ("LABEL_IDS", "SCORES", "LABELS") if n in outputs]
         return Classification.batch_from_outputs(self.infer_images(images, wanted))
+
+    run = classify  # the task-independent name `tritongen infer` calls

@@ -80,6 +80,26 @@ def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
     return json.dumps({"runtime": runtime, "files": files, **settings}, indent=2) + "\n"
 
 
+def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:
+    """runtime.json ``nms_outputs`` for a detector with multiclass_nms3 inside the graph: the
+    runtime model (templates/python/runtime.py) returns its rows + counts batch-major."""
+    if not spec.postprocess.get("nms_in_graph"):
+        return {}
+    rows, counts = (t.name for t in spec.outputs)
+    return {"nms_outputs": {"rows": rows, "counts": counts, "keep_top_k": int(spec.postprocess.get("keep_top_k", -1)),
+                            "one_image_per_run": one_image_per_run}}
+
+
+def _refuse_nms_in_graph(spec: ModelSpec, backend: str) -> None:
+    if spec.postprocess.get("nms_in_graph"):
+        raise EmitError(
+            f"--backend {backend} cannot serve {spec.name}: its graph ends in multiclass_nms3, whose outputs are not "
+            "batch-major (rows of all images + per-image counts) and whose ONNX form runs one image at a time. "
+            "Use --backend python-onnxruntime or python-paddle, or export the model without NMS "
+            "(PaddleDetection: -o PPYOLOEHead.exclude_nms=True) so NMS runs in postprocessing"
+        )
+
+
 @register_backend
 class OnnxRuntimePlatform(Backend):
     name = "onnxruntime"
@@ -92,6 +112,7 @@ class OnnxRuntimePlatform(Backend):
 
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
         assert onnx_path is not None
+        _refuse_nms_in_graph(spec, self.name)
         accelerators = []
         if options.trt_accelerator is not None:
             accelerators.append(ort_tensorrt_accelerator(options, onnx_path))
@@ -160,7 +181,8 @@ class PythonOnnxRuntime(Backend):
             files={
                 "model.py": template_path("python/runtime.py"),
                 "model.onnx": onnx_path,
-                "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads),
+                "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads,
+                                              **_nms_outputs(spec, one_image_per_run=True)),
             },
         )
 
@@ -183,7 +205,7 @@ class PythonPaddle(Backend):
                 "inference.pdiparams": spec.params_file,
                 "runtime.json": _runtime_json(
                     "paddle", ["inference.pdmodel", "inference.pdiparams"], threads=options.threads, enable_mkldnn=mkldnn,
-                    int8=options.int8,
+                    int8=options.int8, **_nms_outputs(spec, one_image_per_run=False),
                 ),
             },
         )
@@ -202,6 +224,7 @@ class TensorRTPlan(Backend):
         from ..convert import tensorrt as trt_convert
 
         model = options.model_name or "runtime"
+        _refuse_nms_in_graph(spec, self.name)
         chw = list(spec.preprocessed_shape)
         if any(d < 1 for d in chw):
             raise EmitError(

@@ -6,6 +6,8 @@ from pathlib import Path
 from ..errors import IntakeError
 from . import zoo
 from .families import FAMILIES, labels_from_file
+from . import paddledetection  # noqa: F401  (registers the family)
+from . import paddleseg as _paddleseg  # noqa: F401  (registers the PaddleSeg family)
 from .spec import ModelSpec, TensorSpec
 
 __all__ = ["load_model", "ModelSpec", "TensorSpec", "FAMILIES"]
@@ -17,6 +19,8 @@ def load_model(
     labels: str | Path | None = None,
     sha256: str | None = None,
     progress: bool = True,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
 ) -> ModelSpec:
     """Read an exported Paddle inference directory (or fetch a zoo model) into a ModelSpec."""
     directory = Path(source)
@@ -40,4 +44,6 @@ def load_model(
         spec.name = name
     if labels is not None:
         spec.labels = labels_from_file(Path(labels))
+    if score_threshold is not None or max_detections is not None:
+        paddledetection.apply_detection_options(spec, score_threshold, max_detections)
     return spec

@@ -85,6 +85,10 @@ class Preprocessor:
         return batch
 
     def _stack_images(self, tensors: list[np.ndarray]) -> np.ndarray:
+        if self.config.family == "paddledetection":  # its predictor zero-pads to the batch's largest h, w
+            from .ops_paddledetection import pad_batch
+
+            return pad_batch(tensors)
         shapes = {t.shape for t in tensors}
         if len(shapes) > 1:
             raise PreprocessError(

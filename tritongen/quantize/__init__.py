@@ -60,6 +60,12 @@ def quantize(
     fp32 = source if isinstance(source, ModelSpec) else load_model(source)
     if fp32.is_quantized:
         raise TritongenError(f"{fp32.model_file} is already quantized (it has quantize_linear ops)")
+    if len(fp32.inputs) > 1:
+        # Calibration data holds the image feed only; scale_factor / im_shape feeds are not carried yet.
+        raise TritongenError(
+            f"{fp32.model_file} takes {len(fp32.inputs)} inputs ({', '.join(t.name for t in fp32.inputs)}); "
+            "INT8 calibration supports single-input models (classification, segmentation) so far"
+        )
     output = Path(output)
     if output.exists() and not force:
         raise TritongenError(f"{output} exists; pass --force to replace it")

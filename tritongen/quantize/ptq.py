@@ -51,7 +51,7 @@ def quantize_ptq(
     skip_tensors: Sequence[str] = (),
     hist_percent: float = 0.9999,
 ) -> dict[str, Any]:
-    """Calibrate on ``data.calibration``; write inference.pdmodel/.pdiparams into ``work_dir``.
+    """Calibrate on ``data.calibration``; write the program and params into ``work_dir`` under the source's names.
 
     Returns the settings actually used (``algo`` may differ from the request, see notes).
     """
@@ -75,8 +75,8 @@ def quantize_ptq(
             data_loader=loader,
             model_filename=spec.model_file.name,
             params_filename=spec.params_file.name,
-            save_model_filename="inference.pdmodel",
-            save_params_filename="inference.pdiparams",
+            save_model_filename=spec.model_file.name,  # the deploy yaml may name the files (PaddleSeg)
+            save_params_filename=spec.params_file.name,
             batch_size=batch_size,
             batch_nums=batch_nums,
             algo=algo,

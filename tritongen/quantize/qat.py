@@ -97,7 +97,8 @@ def quantize_qat(
     for note in notes:
         _log.warning(note)
 
-    outputs = [work_dir / "inference.pdmodel", work_dir / "inference.pdiparams"]
+    # The quantized export keeps the source's file names: the deploy yaml may name them (PaddleSeg).
+    outputs = [work_dir / spec.model_file.name, work_dir / spec.params_file.name]
     for path in outputs:  # never leave an earlier result next to a failed run
         path.unlink(missing_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".qat-", dir=work_dir))
@@ -128,7 +129,7 @@ def quantize_qat(
         _run_child(job_path, work_dir / LOG_FILE, total_train_iters(effective, n_images), cwd=stage)
         model_file, params_file = _find_output(stage / "out", work_dir / LOG_FILE)
         # ACT names its output after model_filename (model.pdmodel when it is None): the work
-        # directory always gets inference.pdmodel/.pdiparams.
+        # directory gets the source's names.
         shutil.move(str(model_file), outputs[0])
         shutil.move(str(params_file), outputs[1])
         _restore_fetch_names(outputs[0], [t.name for t in spec.outputs])

@@ -1,0 +1,167 @@
+"""PaddleDetection post-processing: network outputs -> per-image boxes, scores, class ids.
+
+Two graph styles:
+
+* NMS inside the graph (``multiclass_nms3``): the network returns rows (class, score, x1, y1,
+  x2, y2) of all images concatenated plus per-image counts. Triton batching needs
+  batch-major tensors, so the runtime model turns them into [N, keep_top_k, 6] + [N, 1]
+  with :func:`nms_batch_major`; :class:`Postprocessor` accepts either form.
+* NMS outside the graph (PP-YOLOE ``exclude_nms``): boxes [N, A, 4] and scores [N, C, A];
+  :func:`multiclass_nms` reproduces Paddle's ``multiclass_nms3`` CPU kernel in numpy.
+
+Boxes are already in original-image pixels (the network divides by ``scale_factor``).
+Results keep detections with ``score >= score_threshold`` (default: the export's
+``draw_threshold``, which PaddleDetection's deploy code uses to show results), best first,
+at most ``max_detections`` (K) per image; rows past NUM_DETECTIONS are zero with label -1.
+
+numpy / stdlib only: this module is copied into generated Triton models.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .classification import label_names
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineConfig
+
+DEFAULT_MAX_DETECTIONS = 100
+
+
+def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
+    k = int(config.postprocess.get("max_detections", DEFAULT_MAX_DETECTIONS))
+    result = [
+        ("NUM_DETECTIONS", "int32", [1]),
+        ("BOXES", "float32", [k, 4]),
+        ("SCORES", "float32", [k]),
+        ("LABEL_IDS", "int32", [k]),
+    ]
+    if config.labels is not None:
+        result.append(("LABELS", "bytes", [k]))
+    return result
+
+
+def nms_batch_major(rows: np.ndarray, counts: np.ndarray, keep_top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``multiclass_nms3`` outputs (rows [M, 6] of all images, counts [N]) -> rows [N, K, 6]
+    zero-padded and counts [N, 1] int32. K = keep_top_k, or the largest count when <= 0."""
+    counts = np.asarray(counts).reshape(-1).astype(np.int64)
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[-1] != 6:  # legacy "no detections" output [[-1]]
+        rows, counts = np.zeros((0, 6), np.float32), np.zeros_like(counts)
+    if counts.sum() != len(rows):
+        raise ValueError(f"multiclass_nms3 returned {len(rows)} rows but per-image counts {counts.tolist()}")
+    k = int(keep_top_k) if keep_top_k and keep_top_k > 0 else max(int(counts.max(initial=0)), 1)
+    out = np.zeros((len(counts), k, 6), np.float32)
+    num = np.zeros((len(counts), 1), np.int32)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for i, n in enumerate(counts):
+        n_kept = min(int(n), k)
+        out[i, :n_kept] = rows[starts[i] : starts[i] + n_kept]
+        num[i, 0] = n_kept
+    return out, num
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray, normalized: bool) -> np.ndarray:
+    """Paddle's JaccardOverlap (nms_util.h) of ``box`` with each of ``boxes``, in float32."""
+    norm = np.float32(0.0 if normalized else 1.0)
+    disjoint = (boxes[:, 0] > box[2]) | (boxes[:, 2] < box[0]) | (boxes[:, 1] > box[3]) | (boxes[:, 3] < box[1])
+    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + norm
+    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + norm
+    inter = iw * ih
+
+    def area(b):
+        valid = (b[..., 2] >= b[..., 0]) & (b[..., 3] >= b[..., 1])
+        return np.where(valid, (b[..., 2] - b[..., 0] + norm) * (b[..., 3] - b[..., 1] + norm), np.float32(0))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area(box) + area(boxes) - inter)
+    return np.where(disjoint, np.float32(0), iou).astype(np.float32)
+
+
+def _nms_one_class(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_top_k: int,
+                   nms_threshold: float, normalized: bool) -> list[int]:
+    candidates = np.nonzero(scores > np.float32(score_threshold))[0]
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    if nms_top_k > -1:
+        order = order[:nms_top_k]
+    selected: list[int] = []
+    alive = np.ones(len(order), bool)
+    for pos, idx in enumerate(order):
+        if not alive[pos]:
+            continue
+        selected.append(int(idx))
+        rest = order[pos + 1 :]
+        if len(rest):
+            alive[pos + 1 :] &= _iou_one_to_many(boxes[idx], boxes[rest], normalized) <= np.float32(nms_threshold)
+    return selected
+
+
+def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, *, score_threshold: float, nms_top_k: int, keep_top_k: int,
+                   nms_threshold: float, normalized: bool = False, background_label: int = -1) -> np.ndarray:
+    """One image: boxes [A, 4], scores [C, A] -> rows [M, 6] (class, score, x1, y1, x2, y2) in
+    the order Paddle's multiclass_nms3 CPU kernel returns them (by class, best first)."""
+    boxes = np.asarray(boxes, np.float32)
+    scores = np.asarray(scores, np.float32)
+    picked: dict[int, list[int]] = {}
+    for c in range(scores.shape[0]):
+        if c == background_label:
+            continue
+        picked[c] = _nms_one_class(boxes, scores[c], score_threshold, nms_top_k, nms_threshold, normalized)
+    total = sum(len(v) for v in picked.values())
+    if keep_top_k > -1 and total > keep_top_k:
+        pairs = [(c, i) for c in sorted(picked) for i in picked[c]]
+        pair_scores = np.array([scores[c, i] for c, i in pairs], np.float32)
+        keep = np.argsort(-pair_scores, kind="stable")[:keep_top_k]
+        picked = {}
+        for j in keep:
+            c, i = pairs[j]
+            picked.setdefault(c, []).append(i)
+    rows = [[c, scores[c, i], *boxes[i]] for c in sorted(picked) for i in picked[c]]
+    return np.array(rows, np.float32).reshape(-1, 6)
+
+
+class Postprocessor:
+    """Raw outputs -> NUM_DETECTIONS [N, 1], BOXES [N, K, 4], SCORES / LABEL_IDS (/ LABELS) [N, K]."""
+
+    def __init__(self, config: "PipelineConfig"):
+        post = config.postprocess
+        self.k = int(post.get("max_detections", DEFAULT_MAX_DETECTIONS))
+        self.score_threshold = float(post.get("score_threshold", 0.5))
+        self.nms_in_graph = bool(post.get("nms_in_graph", False))
+        self.nms = dict(post.get("nms", {}))
+        self.keep_top_k = int(post.get("keep_top_k", self.nms.get("keep_top_k", -1)))
+        self.labels = config.labels
+        self.first, self.second = config.outputs[0], config.outputs[1]
+
+    def per_image_rows(self, raw: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Rows (class, score, x1, y1, x2, y2) of each image, before the score filter."""
+        if self.nms_in_graph:
+            rows, counts = np.asarray(raw[self.first]), np.asarray(raw[self.second])
+            if rows.ndim != 3:
+                rows, counts = nms_batch_major(rows, counts, self.keep_top_k)
+            counts = counts.reshape(len(rows), -1)[:, 0]
+            return [rows[i, : int(n)] for i, n in enumerate(counts)]
+        boxes, scores = np.asarray(raw[self.first]), np.asarray(raw[self.second])
+        return [multiclass_nms(boxes[i], scores[i], **self.nms) for i in range(len(boxes))]
+
+    def __call__(self, raw: dict[str, np.ndarray], side: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        per_image = self.per_image_rows(raw)
+        n, k = len(per_image), self.k
+        num = np.zeros((n, 1), np.int32)
+        boxes = np.zeros((n, k, 4), np.float32)
+        scores = np.zeros((n, k), np.float32)
+        ids = np.full((n, k), -1, np.int32)
+        for i, rows in enumerate(per_image):
+            rows = rows[rows[:, 1] >= np.float32(self.score_threshold)]
+            rows = rows[np.argsort(-rows[:, 1], kind="stable")][:k]
+            m = len(rows)
+            num[i, 0] = m
+            boxes[i, :m] = rows[:, 2:6]
+            scores[i, :m] = rows[:, 1]
+            ids[i, :m] = rows[:, 0].astype(np.int32)
+        out = {"NUM_DETECTIONS": num, "BOXES": boxes, "SCORES": scores, "LABEL_IDS": ids}
+        if self.labels is not None:
+            out["LABELS"] = label_names(ids, self.labels)
+        return out
