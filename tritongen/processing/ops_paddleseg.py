@@ -17,6 +17,8 @@ PaddleSeg's object keeps the reduced ``short_size`` for all later images (a bug)
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import math
 from typing import Any
 
@@ -66,6 +68,24 @@ class SegOp(Op):
     def trans(self, hw: tuple[int, int]) -> tuple[TransInfo | None, tuple[int, int]]:
         """(trans_info entry or None, output (h, w)) for an input of size ``hw``."""
         return None, hw
+
+
+class _ScaledResize(SegOp):
+    """A resize whose (w, h) ``target`` depends on the input size (ByLong / ByShort / LimitLong)."""
+
+    @abstractmethod
+    def target(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """Output (w, h) for an input of size ``hw`` = (h, w)."""
+
+    def trans(self, hw):
+        w, h = self.target(hw)
+        return ("resize", hw), (h, w)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return _resize_scaled(img, self.target(img.shape[:2]), self.name)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (None, None, shape[2], shape[3])
 
 
 def trans_info(ops: list[Op], orig_hw: tuple[int, int]) -> list[TransInfo]:
@@ -224,7 +244,7 @@ def _resize_scaled(img: np.ndarray, size: tuple[int, int], op: str) -> np.ndarra
 
 
 @register(FAMILY)
-class ResizeByLong(SegOp):
+class ResizeByLong(_ScaledResize):
     """Long side to ``long_size`` (``functional.resize_long``, bilinear)."""
 
     name = "ResizeByLong"
@@ -239,19 +259,8 @@ class ResizeByLong(SegOp):
     def target(self, hw: tuple[int, int]) -> tuple[int, int]:
         return _scaled_size(hw, float(self.long_size) / float(max(hw)))
 
-    def trans(self, hw):
-        w, h = self.target(hw)
-        return ("resize", hw), (h, w)
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        return _resize_scaled(img, self.target(img.shape[:2]), self.name)
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return (None, None, shape[2], shape[3])
-
-
 @register(FAMILY)
-class ResizeByShort(SegOp):
+class ResizeByShort(_ScaledResize):
     """Short side to ``short_size`` unless the long side would exceed ``max_size``."""
 
     name = "ResizeByShort"
@@ -278,19 +287,8 @@ class ResizeByShort(SegOp):
             short = int((self.config["max_size"] / max(h, w)) * min(h, w))
         return _scaled_size(hw, float(short) / float(min(hw)))
 
-    def trans(self, hw):
-        w, h = self.target(hw)
-        return ("resize", hw), (h, w)
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        return _resize_scaled(img, self.target(img.shape[:2]), self.name)
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return (None, None, shape[2], shape[3])
-
-
 @register(FAMILY)
-class LimitLong(SegOp):
+class LimitLong(_ScaledResize):
     """Resize the long side into [min_long, max_long] (no-op inside it; still records 'resize')."""
 
     name = "LimitLong"
@@ -316,18 +314,11 @@ class LimitLong(SegOp):
             return hw[1], hw[0]
         return _scaled_size(hw, float(target) / float(long_edge))
 
-    def trans(self, hw):
-        w, h = self.target(hw)
-        return ("resize", hw), (h, w)
-
     def __call__(self, img: np.ndarray) -> np.ndarray:
         w, h = self.target(img.shape[:2])
-        if (h, w) == img.shape[:2]:
+        if (h, w) == img.shape[:2]:  # inside the limits: untouched, though trans_info records a resize
             return img
         return _resize_scaled(img, (w, h), self.name)
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return (None, None, shape[2], shape[3])
 
 
 def _scaled_size(hw: tuple[int, int], scale: float) -> tuple[int, int]:
