@@ -577,3 +577,20 @@ def test_build_with_ort_accelerator_writes_it(clas_export, tmp_path):
     config = read_config(tmp_path / "acc_runtime/config.pbtxt")
     assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["precision_mode"] == "FP16"
     assert stat.S_IMODE((tmp_path / "acc_runtime/1/model.onnx").stat().st_mode) & 0o111 == 0
+
+
+def test_detector_plan_gets_a_profile_for_every_input(tmp_path):
+    """PaddleDetection graphs take image and scale_factor: trtexec needs shapes for both,
+    or the in-container build fails on the dynamic scale_factor batch axis."""
+    from tritongen.demo_exports import make_detector
+
+    export = make_detector(tmp_path / "det", with_nms=False, input_hw=(128, 160))
+    build(export, tmp_path / "repo", backend="tensorrt", name="det", max_batch_size=6)
+    script = (tmp_path / "repo/det_runtime/1/build_plan.sh").read_text()
+    assert "--minShapes=image:1x3x128x160,scale_factor:1x2" in script
+    assert "--optShapes=image:3x3x128x160,scale_factor:3x2" in script
+    assert "--maxShapes=image:6x3x128x160,scale_factor:6x2" in script
+    assert subprocess.run(["bash", "-n", str(tmp_path / "repo/det_runtime/1/build_plan.sh")]).returncode == 0
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((tmp_path / "repo/det_runtime/config.pbtxt").read_text(), config)
+    assert [(i.name, list(i.dims)) for i in config.input] == [("image", [3, 128, 160]), ("scale_factor", [2])]

@@ -75,6 +75,16 @@ def _shape_spec(name: str, shape: Sequence[int]) -> str:
     return f"{quoted}:{'x'.join(str(d) for d in shape)}"
 
 
+def all_profiles(
+    input_name: str, chw_shape: Sequence[int], max_batch_size: int, extra_inputs: dict[str, Sequence[int]] | None = None
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) per network input: the image, then e.g. PaddleDetection's scale_factor [2]."""
+    shapes = {input_name: profile_shapes(chw_shape, max_batch_size)}
+    for name, per_item in (extra_inputs or {}).items():
+        shapes[name] = profile_shapes(per_item, max_batch_size)
+    return shapes
+
+
 def trtexec_command(
     onnx_path: str | Path,
     plan_path: str | Path,
@@ -82,17 +92,23 @@ def trtexec_command(
     chw_shape: Sequence[int],
     max_batch_size: int,
     trtexec: str = "trtexec",
+    extra_inputs: dict[str, Sequence[int]] | None = None,
 ) -> list[str]:
-    """The trtexec (TensorRT 10) invocation equivalent to ``build_plan``, as an argument list."""
-    low, opt, high = profile_shapes(chw_shape, max_batch_size)
+    """The trtexec (TensorRT 10) invocation equivalent to ``build_plan``, as an argument list.
+    Every dynamic input needs its shapes, so ``extra_inputs`` (name -> per-item shape) join the image's."""
+    shapes = all_profiles(input_name, chw_shape, max_batch_size, extra_inputs)
+
+    def spec(i: int) -> str:
+        return ",".join(_shape_spec(name, profile[i]) for name, profile in shapes.items())
+
     return [
         trtexec,
         f"--onnx={onnx_path}",
         f"--saveEngine={plan_path}",
         "--stronglyTyped",
-        f"--minShapes={_shape_spec(input_name, low)}",
-        f"--optShapes={_shape_spec(input_name, opt)}",
-        f"--maxShapes={_shape_spec(input_name, high)}",
+        f"--minShapes={spec(0)}",
+        f"--optShapes={spec(1)}",
+        f"--maxShapes={spec(2)}",
         "--skipInference",
     ]
 
@@ -208,6 +224,7 @@ def build_plan(
     max_batch_size: int,
     fp16: bool = False,
     int8: bool = False,
+    extra_inputs: dict[str, Sequence[int]] | None = None,
 ) -> PlanInfo:
     """Build a TensorRT 10 plan from ``onnx_path`` with the Python API (needs a GPU).
 
@@ -217,7 +234,8 @@ def build_plan(
     import onnx
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    low, opt, high = profile_shapes(chw_shape, max_batch_size)
+    shapes = all_profiles(input_name, chw_shape, max_batch_size, extra_inputs)
+    low, opt, high = shapes[input_name]
     check_precision(onnx.load(str(onnx_path)), fp16, int8)
     trt = _import_tensorrt()
 
@@ -239,22 +257,23 @@ def build_plan(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise TensorRTError(f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(errors or logger.messages))
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    names = [t.name for t in inputs]
-    if names != [input_name]:
-        raise TensorRTError(f"the network has inputs {names}; tritongen plans take exactly one image input {input_name!r}")
-    dims = tuple(inputs[0].shape)
-    if len(dims) != len(high) or dims[0] not in (-1,):
-        raise TensorRTError(
-            f"input {input_name!r} has shape {list(dims)}; a Triton max_batch_size > 0 plan needs a dynamic batch axis "
-            f"and rank {len(high)}"
-        )
-    for got, want in zip(dims[1:], high[1:]):
-        if got not in (-1, want):
-            raise TensorRTError(f"input {input_name!r} has shape {list(dims)}, which does not fit the per-image shape {list(high[1:])}")
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    if set(inputs) != set(shapes):
+        raise TensorRTError(f"the network has inputs {sorted(inputs)}; the repository feeds {sorted(shapes)}")
+    for name, (_, _, top) in shapes.items():
+        dims = tuple(inputs[name].shape)
+        if len(dims) != len(top) or dims[0] not in (-1,):
+            raise TensorRTError(
+                f"input {name!r} has shape {list(dims)}; a Triton max_batch_size > 0 plan needs a dynamic batch axis "
+                f"and rank {len(top)}"
+            )
+        for got, want in zip(dims[1:], top[1:]):
+            if got not in (-1, want):
+                raise TensorRTError(f"input {name!r} has shape {list(dims)}, which does not fit the per-item shape {list(top[1:])}")
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, low, opt, high)
+    for name, (lo, mid, top) in shapes.items():
+        profile.set_shape(name, lo, mid, top)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -270,6 +289,6 @@ def build_plan(
 
 __all__ = [
     "PlanInfo", "TensorRTError", "TensorRTUnavailable", "TRITON_IMAGE", "TRITON_TENSORRT_VERSION", "TRITON_TRTEXEC",
-    "build_plan", "check_precision", "prepare_onnx", "profile_shapes", "shell_command", "tensorrt_available",
+    "all_profiles", "build_plan", "check_precision", "prepare_onnx", "profile_shapes", "shell_command", "tensorrt_available",
     "trtexec_command",
 ]

@@ -231,6 +231,8 @@ class TensorRTPlan(Backend):
                 f"--backend tensorrt needs a fixed per-image input shape; {spec.name} preprocesses to {chw} "
                 "(-1 = depends on the image). Use a fixed crop/resize, or another backend"
             )
+        # PaddleDetection graphs also take scale_factor / im_shape: every input needs a profile.
+        extra = {t.name: list(t.shape[1:]) for t in spec.inputs if t.name != spec.image_input.name}
         try:
             low, opt, high = trt_convert.profile_shapes(chw, options.max_batch_size)
             prepared = onnx_path.with_name(f"{onnx_path.stem}.tensorrt.onnx")
@@ -238,7 +240,7 @@ class TensorRTPlan(Backend):
             if trt_convert.tensorrt_available():
                 plan = trt_convert.build_plan(
                     prepared, prepared.with_name("model.plan"), spec.image_input.name, chw, options.max_batch_size,
-                    fp16=options.fp16, int8=options.int8,
+                    fp16=options.fp16, int8=options.int8, extra_inputs=extra,
                 )
                 return RuntimeFiles(
                     platform="tensorrt_plan", files={"model.plan": plan.path}, instance_kind=None,
@@ -250,7 +252,11 @@ class TensorRTPlan(Backend):
                 )
         except trt_convert.TensorRTError as exc:
             raise EmitError(f"{model}: {exc}") from None
-        args = trt_convert.trtexec_command("@ONNX@", "@PLAN@", spec.image_input.name, chw, options.max_batch_size)
+        try:
+            args = trt_convert.trtexec_command("@ONNX@", "@PLAN@", spec.image_input.name, chw, options.max_batch_size,
+                                               extra_inputs=extra)
+        except trt_convert.TensorRTError as exc:  # e.g. an extra input with an image-dependent shape
+            raise EmitError(f"{model}: {exc}") from None
         precision = " + ".join(p for p, on in (("INT8 Q/DQ", options.int8), ("FP16", options.fp16)) if on) or "FP32"
         script = render_config(
             "tensorrt/build_plan.sh.j2",
@@ -268,7 +274,7 @@ class TensorRTPlan(Backend):
             f"{trt_convert.TRITON_IMAGE} with the repository mounted read-write (see {model}/README.md)."
         )
         command = trt_convert.trtexec_command(
-            "1/model.onnx", "1/model.plan", spec.image_input.name, chw, options.max_batch_size)
+            "1/model.onnx", "1/model.plan", spec.image_input.name, chw, options.max_batch_size, extra_inputs=extra)
         readme = (
             f"# {model}: TensorRT plan not built yet\n\n"
             f"Triton cannot load `{model}` (platform `tensorrt_plan`), nor the ensemble that uses it, until\n"
