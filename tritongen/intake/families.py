@@ -42,6 +42,25 @@ class Family(ABC):
     def load(cls, directory: Path) -> ModelSpec:
         """Read an export directory of this family."""
 
+    @classmethod
+    def read_config(cls, directory: Path) -> tuple[Path, dict[str, Any]]:
+        """The family's deploy yaml and its parsed content."""
+        config_file = cls.config_file(directory)
+        if config_file is None:
+            raise IntakeError(f"{directory}: no {' or '.join(cls.config_names)}")
+        return config_file, load_yaml(config_file)
+
+    @classmethod
+    def make_spec(cls, directory: Path, config_file: Path, model_file: Path, params_file: Path, program,
+                  **fields: Any) -> ModelSpec:
+        """A ModelSpec with what every family fills the same way; ``fields`` add or override."""
+        common: dict[str, Any] = {
+            "name": model_name_from(directory), "family": cls.name, "task": cls.task, "source_dir": directory,
+            "model_file": model_file, "params_file": params_file, "config_file": config_file,
+            "inputs": program.inputs, "outputs": program.outputs, "op_types": program.op_types,
+        }
+        return ModelSpec(**{**common, **fields})
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
@@ -112,9 +131,7 @@ class PaddleClas(Family):
 
     @classmethod
     def load(cls, directory: Path) -> ModelSpec:
-        config_file = cls.config_file(directory)
-        assert config_file is not None
-        cfg = load_yaml(config_file)
+        config_file, cfg = cls.read_config(directory)
         model_file, params_file = find_model_files(directory)
         program = read_program(model_file)
 
@@ -152,20 +169,11 @@ class PaddleClas(Family):
             "enable_mkldnn": bool(get_key(cfg, "Global.enable_mkldnn", config_file, (bool, int), default=False)),
             "threads": int(get_key(cfg, "Global.cpu_num_threads", config_file, int, default=1)),
         }
-        return ModelSpec(
-            name=model_name_from(directory),
-            family=cls.name,
-            task=cls.task,
-            source_dir=directory,
-            model_file=model_file,
-            params_file=params_file,
-            config_file=config_file,
-            inputs=program.inputs,
-            outputs=program.outputs,
+        return cls.make_spec(
+            directory, config_file, model_file, params_file, program,
             preprocess=pipeline.to_config(),
             postprocess={"topk": topk},
             labels=labels,
-            op_types=program.op_types,
             runtime_options=runtime_options,
             notes=notes,
         )

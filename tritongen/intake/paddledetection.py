@@ -8,7 +8,7 @@ from ..errors import IntakeError
 from ..processing.detection import DEFAULT_MAX_DETECTIONS
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline
-from .families import Family, find_model_files, get_key, load_yaml, model_name_from, register_family
+from .families import Family, find_model_files, get_key, register_family
 from .program import read_program
 from .spec import ModelSpec, TensorSpec
 
@@ -55,9 +55,7 @@ class PaddleDetection(Family):
 
     @classmethod
     def load(cls, directory: Path) -> ModelSpec:
-        config_file = cls.config_file(directory)
-        assert config_file is not None
-        cfg = load_yaml(config_file)
+        config_file, cfg = cls.read_config(directory)
         model_file, params_file = find_model_files(directory)
         program = read_program(model_file)
 
@@ -142,20 +140,12 @@ class PaddleDetection(Family):
                 raise IntakeError(
                     f"{config_file}: key 'label_list' has {len(labels)} names but {model_file.name} scores {scores.shape[1]} classes"
                 )
-        return ModelSpec(
-            name=model_name_from(directory),
-            family=cls.name,
-            task=cls.task,
-            source_dir=directory,
-            model_file=model_file,
-            params_file=params_file,
-            config_file=config_file,
-            inputs=program.inputs,
+        return cls.make_spec(
+            directory, config_file, model_file, params_file, program,
             outputs=outputs,
             preprocess=pipeline.to_config(),
             postprocess=postprocess,
             labels=labels,
-            op_types=program.op_types,
             feeds=feeds,
         )
 

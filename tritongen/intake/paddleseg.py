@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import IntakeError
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline, build_op
-from .families import Family, get_key, load_yaml, model_name_from, register_family
+from .families import Family, get_key, register_family
 from .program import read_program
 from .spec import ModelSpec
 
@@ -40,9 +40,7 @@ class PaddleSeg(Family):
 
     @classmethod
     def load(cls, directory: Path) -> ModelSpec:
-        config_file = cls.config_file(directory)
-        assert config_file is not None
-        cfg = load_yaml(config_file)
+        config_file, cfg = cls.read_config(directory)
         unknown = sorted(set(cfg) - {"Deploy"})
         if unknown:
             raise IntakeError(f"{config_file}: unsupported key {unknown[0]!r} (a PaddleSeg deploy.yaml has only 'Deploy')")
@@ -100,19 +98,10 @@ class PaddleSeg(Family):
         postprocess: dict[str, Any] = {"output_op": output_op}
         if rank == 4 and output_op != "argmax" and out.shape[1] > 0:
             postprocess["num_classes"] = int(out.shape[1])
-        return ModelSpec(
-            name=model_name_from(directory),
-            family=cls.name,
-            task=cls.task,
-            source_dir=directory,
-            model_file=model_file,
-            params_file=params_file,
-            config_file=config_file,
-            inputs=program.inputs,
-            outputs=program.outputs,
+        return cls.make_spec(
+            directory, config_file, model_file, params_file, program,
             preprocess=pipeline.to_config(),
             postprocess=postprocess,
-            op_types=program.op_types,
             feeds={program.inputs[0].name: "image"},
             side=["ORIG_SIZE"],
         )
