@@ -39,7 +39,7 @@ class Classification:
         for i in range(len(outputs["LABEL_IDS"])):
             labels = None
             if "LABELS" in outputs:
-                labels = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in outputs["LABELS"][i]]
+                labels = _label_texts(outputs["LABELS"][i])
             results.append(cls([int(v) for v in outputs["LABEL_IDS"][i]], [float(v) for v in outputs["SCORES"][i]], labels))
         return results
 
@@ -146,7 +146,7 @@ class Detection:
             n = int(n)
             labels = None
             if "LABELS" in outputs:
-                labels = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in outputs["LABELS"][i][:n]]
+                labels = _label_texts(outputs["LABELS"][i][:n])
             results.append(cls(
                 [[float(v) for v in box] for box in np.asarray(outputs["BOXES"][i][:n])],
                 [float(v) for v in outputs["SCORES"][i][:n]],
@@ -168,6 +168,11 @@ class Detection:
             cv2.putText(out, f"{name} {score:.2f}", (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1,
                         cv2.LINE_AA)
         return out
+
+
+def _label_texts(values) -> list[str]:
+    """TYPE_STRING outputs arrive as bytes objects."""
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):

@@ -17,7 +17,7 @@ from ..processing.classification import parse_label_file
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline
 from .program import read_program
-from .spec import ModelSpec
+from .spec import ModelSpec, TensorSpec
 
 FAMILIES: dict[str, type["Family"]] = {}
 MAX_CLASS_ID = 1_000_000  # label lists are dense; a typo'd id must not allocate gigabytes
@@ -97,6 +97,16 @@ def get_key(data: dict[str, Any], dotted: str, path: Path, kind: type | tuple[ty
     return node
 
 
+def check_image_shape(config_file: Path, ops_key: str, model_file: Path, tensor: TensorSpec, expected: list[int]) -> None:
+    """The yaml's preprocessing must produce what the graph's image input takes (-1: either side open)."""
+    declared = list(tensor.shape[1:])
+    if len(declared) != len(expected) or any(d != -1 and e != -1 and d != e for d, e in zip(declared, expected)):
+        raise IntakeError(
+            f"{config_file}: {ops_key} produce tensors of shape {expected}, "
+            f"but {model_file.name} input {tensor.name!r} has shape {declared}"
+        )
+
+
 def find_model_files(directory: Path) -> tuple[Path, Path]:
     """The ``.pdmodel``/``.pdiparams`` pair of an export (inference.* or model.*)."""
     for stem in ("inference", "model"):
@@ -158,13 +168,7 @@ class PaddleClas(Family):
         if len(program.inputs) != 1:
             names = [t.name for t in program.inputs]
             raise IntakeError(f"{model_file}: a PaddleClas model takes one image input, this one takes {names}")
-        expected = pipeline.output_shape()
-        declared = list(program.inputs[0].shape[1:])
-        if len(declared) != len(expected) or any(d != -1 and e != -1 and d != e for d, e in zip(declared, expected)):
-            raise IntakeError(
-                f"{config_file}: PreProcess.transform_ops produce tensors of shape {expected}, "
-                f"but {model_file.name} input {program.inputs[0].name!r} has shape {declared}"
-            )
+        check_image_shape(config_file, "PreProcess.transform_ops", model_file, program.inputs[0], pipeline.output_shape())
         runtime_options = {
             "enable_mkldnn": bool(get_key(cfg, "Global.enable_mkldnn", config_file, (bool, int), default=False)),
             "threads": int(get_key(cfg, "Global.cpu_num_threads", config_file, int, default=1)),

@@ -8,7 +8,7 @@ from ..errors import IntakeError
 from ..processing.detection import DEFAULT_MAX_DETECTIONS
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline
-from .families import Family, find_model_files, get_key, register_family
+from .families import Family, check_image_shape, find_model_files, get_key, register_family
 from .program import read_program
 from .spec import ModelSpec, TensorSpec
 
@@ -93,11 +93,7 @@ class PaddleDetection(Family):
         image = next(t for t in program.inputs if t.name == "image")
         expected = pipeline.output_shape()
         declared = list(image.shape[1:])
-        if len(declared) != len(expected) or any(d != -1 and e != -1 and d != e for d, e in zip(declared, expected)):
-            raise IntakeError(
-                f"{config_file}: Preprocess produces tensors of shape {expected}, "
-                f"but {model_file.name} input 'image' has shape {declared}"
-            )
+        check_image_shape(config_file, "Preprocess ops", model_file, image, expected)
         if any(e == -1 for e in expected) and any(d > 0 for d in declared[1:]):
             raise IntakeError(
                 f"{config_file}: Preprocess produces image-dependent sizes {expected}, "

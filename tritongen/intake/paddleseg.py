@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import IntakeError
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline, build_op
-from .families import Family, get_key, register_family
+from .families import Family, check_image_shape, get_key, register_family
 from .program import read_program
 from .spec import ModelSpec
 
@@ -76,13 +76,7 @@ class PaddleSeg(Family):
         if len(program.inputs) != 1:
             names = [t.name for t in program.inputs]
             raise IntakeError(f"{model_file}: a PaddleSeg model takes one image input, this one takes {names}")
-        expected = pipeline.output_shape()
-        declared = list(program.inputs[0].shape[1:])
-        if len(declared) != len(expected) or any(d != -1 and e != -1 and d != e for d, e in zip(declared, expected)):
-            raise IntakeError(
-                f"{config_file}: Deploy.transforms produce tensors of shape {expected}, "
-                f"but {model_file.name} input {program.inputs[0].name!r} has shape {declared}"
-            )
+        check_image_shape(config_file, "Deploy.transforms", model_file, program.inputs[0], pipeline.output_shape())
         out = program.outputs[0]
         rank = len(out.shape)
         if rank not in (3, 4):

@@ -73,6 +73,7 @@ class Op(ABC):
     name: ClassVar[str]
     # parameter name -> default; keys outside this set are rejected.
     params: ClassVar[dict[str, Any]] = {}
+    required: ClassVar[tuple[str, ...]] = ()  # params that must be given (not None)
 
     def __init__(self, **kwargs: Any):
         unknown = sorted(set(kwargs) - set(self.params))
@@ -82,6 +83,9 @@ class Op(ABC):
                 key=unknown[0],
             )
         self.config = {**self.params, **kwargs}
+        for key in self.required:
+            if self.config[key] is None:
+                raise OpConfigError(f"{self.name}: {key!r} is required", key=key)
 
     @abstractmethod
     def __call__(self, img: np.ndarray) -> np.ndarray:
@@ -154,11 +158,10 @@ class CropImage(Op):
 
     name = "CropImage"
     params = {"size": None}
+    required = ("size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.config["size"] is None:
-            raise OpConfigError("CropImage: 'size' is required", key="size")
         self.w, self.h = _int_pair(self.config["size"], "CropImage", "size")
 
     def __call__(self, img: np.ndarray) -> np.ndarray:

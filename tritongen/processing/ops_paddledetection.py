@@ -54,12 +54,11 @@ class Resize(Op):
 
     name = "Resize"
     params = {"target_size": None, "keep_ratio": True, "interp": cv2.INTER_LINEAR}
+    required = ("target_size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         c = self.config
-        if c["target_size"] is None:
-            raise OpConfigError("Resize: 'target_size' is required", key="target_size")
         self.target_size = _size_pair(c["target_size"], "Resize", "target_size")
         if not isinstance(c["keep_ratio"], bool):
             raise OpConfigError(f"Resize: 'keep_ratio' must be true or false, got {c['keep_ratio']!r}", key="keep_ratio")
@@ -185,11 +184,10 @@ class Pad(Op):
 
     name = "Pad"
     params = {"size": None, "fill_value": [114.0, 114.0, 114.0]}
+    required = ("size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.config["size"] is None:
-            raise OpConfigError("Pad: 'size' is required", key="size")
         self.h, self.w = _size_pair(self.config["size"], "Pad", "size")
         self.fill = np.array(_three_numbers(self.config["fill_value"], "Pad", "fill_value"), dtype=np.float32)
 
@@ -216,11 +214,10 @@ class LetterBoxResize(Op):
 
     name = "LetterBoxResize"
     params = {"target_size": None}
+    required = ("target_size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.config["target_size"] is None:
-            raise OpConfigError("LetterBoxResize: 'target_size' is required", key="target_size")
         self.height, self.width = _size_pair(self.config["target_size"], "LetterBoxResize", "target_size")
 
     def run(self, img: np.ndarray, info: Info) -> np.ndarray:

@@ -249,11 +249,10 @@ class ResizeByLong(_ScaledResize):
 
     name = "ResizeByLong"
     params = {"long_size": None}
+    required = ("long_size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.config["long_size"] is None:
-            raise OpConfigError("ResizeByLong: 'long_size' is required", key="long_size")
         self.long_size = _positive(self.config["long_size"], "ResizeByLong", "long_size")
 
     def target(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -265,12 +264,11 @@ class ResizeByShort(_ScaledResize):
 
     name = "ResizeByShort"
     params = {"short_size": None, "max_size": 1e10}
+    required = ("short_size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         short = self.config["short_size"]
-        if short is None:
-            raise OpConfigError("ResizeByShort: 'short_size' is required", key="short_size")
         if isinstance(short, list):
             raise OpConfigError(
                 "ResizeByShort: a list 'short_size' picks a random size (training augmentation); give one integer",
@@ -333,11 +331,10 @@ class Padding(SegOp):
 
     name = "Padding"
     params = {"target_size": None, "im_padding_value": 127.5, "label_padding_value": 255}
+    required = ("target_size",)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        if self.config["target_size"] is None:
-            raise OpConfigError("Padding: 'target_size' is required", key="target_size")
         self.w, self.h = _wh(self.config["target_size"], "Padding", "target_size")
         if not _is_num(self.config["im_padding_value"]):
             raise OpConfigError(
