@@ -18,13 +18,16 @@ import yaml
 import tritongen  # noqa: F401
 from tritongen.build import build
 from tritongen.client import Detection, DetectionClient
+from tritongen.convert.nms import cut_nms
 from tritongen.demo_exports import PPYOLOE_NMS, _multiclass_nms3, make_detector
 from tritongen.emit import plan_models
+from tritongen.emit.pbtxt import parse_config
 from tritongen.errors import EmitError, IntakeError
 from tritongen.intake import load_model
 from tritongen.predict import LocalPredictor
 from tritongen.processing.detection import multiclass_nms, nms_batch_major
 from tritongen.processing.ops import Pipeline
+from tritongen.processing.pipeline import PipelineConfig
 from tritongen.processing.runners import PaddleInferenceRunner
 
 from . import ppdet_oracle
@@ -44,6 +47,8 @@ LETTERBOX_PREPROCESS = [
     {"type": "Permute"},
 ]
 IOU_MIN, SCORE_ATOL = 0.99, 1e-3
+# Non-default multiclass_nms3 settings: cutting the op off must carry them to the postprocess model.
+TIGHT_NMS = {"score_threshold": 0.05, "nms_top_k": 200, "keep_top_k": 40, "nms_threshold": 0.45}
 
 
 # ------------------------------------------------------------------ independent references
@@ -125,7 +130,8 @@ def reference_detection(export: Path, image_path, threshold=0.5, k=100) -> np.nd
     if first.ndim == 2:  # NMS inside the graph
         rows = first if first.shape[-1] == 6 else np.zeros((0, 6), np.float32)
     else:
-        rows, _ = paddle_nms(first, second, PPYOLOE_NMS)
+        section = cfg.get("NMS") or {}  # exports without NMS: the yaml's settings, else PP-YOLOE's
+        rows, _ = paddle_nms(first, second, {k: section.get(k, v) for k, v in PPYOLOE_NMS.items()})
     rows = rows[rows[:, 1] >= threshold]
     return rows[np.argsort(-rows[:, 1], kind="stable")][:k]
 
@@ -162,13 +168,16 @@ def assert_matches(served: Detection, rows: np.ndarray, what: str) -> float:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("det_exports")
-    return {
+    paths = {
         "nms": make_detector(root / "nms", with_nms=True, seed=3),
         "raw_yolo": make_detector(root / "raw_yolo", with_nms=False, seed=3,
                                   infer_cfg_overrides={"Preprocess": YOLOV5_PREPROCESS, "arch": "YOLOv5"}),
         "nms_lb": make_detector(root / "nms_lb", with_nms=True, seed=5, input_hw=(256, 320), feed_im_shape=True,
                                 infer_cfg_overrides={"Preprocess": LETTERBOX_PREPROCESS}),
+        "nms_tight": make_detector(root / "nms_tight", with_nms=True, seed=3, **TIGHT_NMS),
     }
+    paths["nms_tight_cut"] = cut_nms(load_model(paths["nms_tight"]), root / "nms_tight_cut").source_dir
+    return paths
 
 
 # ------------------------------------------------------------------------------ unit level
@@ -260,10 +269,10 @@ def test_intake_errors_name_file_and_key(exports, tmp_path, edit, message):
     assert message in str(info.value) and "infer_cfg.yml" in str(info.value)
 
 
-def test_platform_backends_refuse_nms_graphs_and_configs_are_batch_major(exports, tmp_path):
+def test_plan_models_refuses_nms_graphs_on_platforms_and_python_configs_are_batch_major(exports, tmp_path):
     spec = load_model(exports["nms"])
     for backend in ("onnxruntime", "tensorrt"):
-        with pytest.raises(EmitError, match="multiclass_nms3.*python-onnxruntime"):
+        with pytest.raises(EmitError, match="multiclass_nms3.*cut_nms"):
             plan_models(spec, backend, "det", tmp_path / "model.onnx")
     models = plan_models(spec, "python-onnxruntime", "det", tmp_path / "model.onnx")
     runtime = next(m for m in models if m.name == "det_runtime")
@@ -271,6 +280,39 @@ def test_platform_backends_refuse_nms_graphs_and_configs_are_batch_major(exports
     settings = json.loads(runtime.files["1/runtime.json"])
     assert settings["nms_outputs"] == {"rows": "multiclass_nms3_0.tmp_0", "counts": "multiclass_nms3_0.tmp_2",
                                        "keep_top_k": 300, "one_image_per_run": True}
+
+
+def test_cut_nms_gives_the_graphs_detections_batched(exports, photos):
+    """Cutting multiclass_nms3 off (what platform backends get) changes nothing a user sees."""
+    spec, cut = load_model(exports["nms_tight"]), load_model(exports["nms_tight_cut"])
+    assert not cut.postprocess["nms_in_graph"] and "multiclass_nms3" not in cut.op_types
+    assert cut.postprocess["nms"] == {**TIGHT_NMS, "normalized": False, "background_label": -1}
+    with_nms, without = LocalPredictor(spec), LocalPredictor(cut)
+    total = 0
+    for photo in photos:
+        (a,), (b,) = with_nms.predict([photo]), without.predict([photo])
+        assert a.label_ids == b.label_ids and a.scores == b.scores, photo.name
+        np.testing.assert_array_equal(np.asarray(a.boxes), np.asarray(b.boxes))
+        total += len(a)
+    assert total > 10
+    batched = without.predict(photos[:3])  # the cut graph runs a batch (the NMS graph in ONNX cannot)
+    assert [len(r) for r in batched] == [len(with_nms.predict([p])[0]) for p in photos[:3]]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_platform_builds_cut_nms_and_batch(exports, photos, tmp_path, backend):
+    result = build(exports["nms"], tmp_path / "repo", backend=backend, name="det")
+    runtime = parse_config((tmp_path / "repo/det_runtime/config.pbtxt").read_text(), "det_runtime")
+    assert runtime.max_batch_size == 8 and runtime.HasField("dynamic_batching")
+    assert [list(o.dims) for o in runtime.output] == [[500, 4], [4, 500]]
+    assert [i.name for i in runtime.input] == ["image", "scale_factor"]
+    pipeline = PipelineConfig.load(tmp_path / "repo/det_postprocess/1/pipeline.json")
+    assert pipeline.postprocess["nms"]["keep_top_k"] == 300 and not pipeline.postprocess["nms_in_graph"]
+    assert any("cut off the graph" in note for note in result.spec.notes)
+    if backend == "onnxruntime":  # the model Triton's ONNX Runtime backend loads, run on a batch of 3
+        predictor = LocalPredictor(result.spec, runtime="onnxruntime", onnx_path=tmp_path / "repo/det_runtime/1/model.onnx")
+        for photo, got in zip(photos[:3], predictor.predict(photos[:3])):
+            assert_matches(got, reference_detection(exports["nms"], photo), f"{backend} {photo.name}")
 
 
 def test_local_predictor_equals_reference(exports, photos):
@@ -289,6 +331,7 @@ MODELS = {  # ensemble -> (export, backend)
     "yolo_raw_pd": ("raw_yolo", "python-paddle"),
     "yolo_raw_ort": ("raw_yolo", "python-onnxruntime"),
     "lb_nms_ort": ("nms_lb", "python-onnxruntime"),
+    "det_cut_ort": ("nms_tight_cut", "python-onnxruntime"),  # the pre/postprocess platform backends get
 }
 
 

@@ -72,6 +72,12 @@ def build(
         raise TritongenError(f"--fp16 applies to the tensorrt backend, not {backend}")
     with tempfile.TemporaryDirectory(prefix="tritongen-build-") as tmp:
         work = Path(tmp)
+        if spec.postprocess.get("nms_in_graph") and not runtime_backend.runs_nms_graphs:
+            from .convert.nms import cut_nms
+
+            step(f"cutting multiclass_nms3 off {spec.model_file.name}: {backend} batches the network, "
+                 "NMS runs batched in the postprocess model with the op's settings")
+            spec = cut_nms(spec, work / "nms_cut")
         onnx = None
         if runtime_backend.needs_onnx:
             step(f"converting {spec.model_file.name} to ONNX (opset {opset}) and checking it against Paddle")

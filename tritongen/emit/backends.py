@@ -69,6 +69,9 @@ class Backend(ABC):
     onnx_target: ClassVar[str | None] = None
     # Whether RuntimeOptions.trt_accelerator (ONNX Runtime's TensorRT execution provider) applies.
     accepts_trt_accelerator: ClassVar[bool] = False
+    # Whether the runtime model can run a graph ending in multiclass_nms3 (the Python models
+    # make its outputs batch-major); other backends get the graph with the op cut off.
+    runs_nms_graphs: ClassVar[bool] = False
 
     @abstractmethod
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
@@ -93,10 +96,10 @@ def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:
 def _refuse_nms_in_graph(spec: ModelSpec, backend: str) -> None:
     if spec.postprocess.get("nms_in_graph"):
         raise EmitError(
-            f"--backend {backend} cannot serve {spec.name}: its graph ends in multiclass_nms3, whose outputs are not "
-            "batch-major (rows of all images + per-image counts) and whose ONNX form runs one image at a time. "
-            "Use --backend python-onnxruntime or python-paddle, or export the model without NMS "
-            "(PaddleDetection: -o PPYOLOEHead.exclude_nms=True) so NMS runs in postprocessing"
+            f"--backend {backend} cannot serve {spec.name} as it is: its graph ends in multiclass_nms3, whose outputs "
+            "are not batch-major (rows of all images + per-image counts) and whose ONNX form runs one image at a time. "
+            "Cut the op off first (tritongen.convert.nms.cut_nms; `tritongen build` does) so NMS runs batched in "
+            "the postprocess model"
         )
 
 
@@ -172,6 +175,7 @@ class PythonOnnxRuntime(Backend):
     needs_onnx = True
     onnx_target = "onnxruntime"
     served_locally = True
+    runs_nms_graphs = True
     description = "Python backend running ONNX Runtime (CPU)"
 
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
@@ -192,6 +196,7 @@ class PythonPaddle(Backend):
     name = "python-paddle"
     needs_onnx = False
     served_locally = True
+    runs_nms_graphs = True
     description = "Python backend running Paddle Inference (CPU)"
 
     def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
