@@ -247,6 +247,80 @@ def _write_image(path: Path, image) -> None:
 
 
 @app.command()
+def perf(
+    model: str = typer.Argument(..., help="Model (or ensemble) to measure."),
+    url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch items per request."),
+    concurrency_range: Optional[str] = typer.Option(None, "--concurrency-range",
+                                                    help="Closed loop: start:end:step outstanding requests (default 1)."),
+    request_rate_range: Optional[str] = typer.Option(None, "--request-rate-range",
+                                                     help="Open loop: start:end:step requests per second."),
+    request_distribution: str = typer.Option("constant", "--request-distribution", help="constant | poisson (open loop)."),
+    measurement_mode: str = typer.Option("time_windows", "--measurement-mode", help="time_windows | count_windows."),
+    measurement_interval: int = typer.Option(5000, "--measurement-interval", "-p", min=1, help="Window length, ms."),
+    measurement_request_count: int = typer.Option(50, "--measurement-request-count", min=1,
+                                                  help="Requests per window (count_windows)."),
+    stability_percentage: float = typer.Option(10.0, "--stability-percentage", "-s",
+                                               help="Allowed spread (%) of the last 3 windows."),
+    max_trials: int = typer.Option(10, "--max-trials", "-r", min=3, help="Windows per level before giving up."),
+    percentile: Optional[int] = typer.Option(None, "--percentile", min=1, max=99,
+                                             help="Stabilise on this latency percentile instead of the average."),
+    warmup_request_count: int = typer.Option(0, "--warmup-request-count", min=0, help="Requests sent before measuring."),
+    latency_threshold: Optional[float] = typer.Option(None, "--latency-threshold", "-l", min=0.0,
+                                                      help="Stop the sweep when latency reaches this many ms."),
+    input_data: str = typer.Option("random", "--input-data", help="random | zero | FILE.json (perf_analyzer's format)."),
+    shape: List[str] = typer.Option([], "--shape", help="NAME:d1,d2,... for inputs with variable dims (repeatable)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for encoded-image (BYTES) inputs."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Load-generating processes (default: enough)."),
+    compression: str = typer.Option("none", "--compression", help="none | gzip | deflate (requests)."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds one request may take."),
+    csv_file: Optional[Path] = typer.Option(None, "--latency-report-file", "-f", help="perf_analyzer's CSV (µs)."),
+    verbose_csv: bool = typer.Option(False, "--verbose-csv", help="Add perf_analyzer's verbose CSV columns."),
+    profile_export_file: Optional[Path] = typer.Option(None, "--profile-export-file", help="Every request, as JSON."),
+) -> None:
+    """Measure throughput and latency the way perf_analyzer does (windows, stability, server breakdown)."""
+    from .perf import PerfSettings, parse_range, parse_shapes, report, run_perf
+
+    if concurrency_range and request_rate_range:
+        raise TritongenError("give --concurrency-range or --request-rate-range, not both")
+    if request_rate_range:
+        mode, levels = "request_rate", parse_range(request_rate_range, float)
+    else:
+        mode, levels = "concurrency", parse_range(concurrency_range or "1", int)
+    settings = PerfSettings(
+        mode=mode, levels=levels, batch_size=batch_size, distribution=request_distribution,
+        measurement_mode=measurement_mode, measurement_interval_ms=measurement_interval,
+        measurement_request_count=measurement_request_count, stability_percentage=stability_percentage,
+        max_trials=max_trials, percentile=percentile, warmup_request_count=warmup_request_count,
+        latency_threshold_ms=latency_threshold, timeout_s=timeout,
+    )
+    settings.validate()
+    with console.status("connecting") as status:
+        def on_window(event: dict) -> None:
+            label = "concurrency" if event["mode"] == "concurrency" else "request rate"
+            status.update(f"{label} {event['value']:g} · window {event['trial']}/{event['max_trials']} · "
+                          f"{event['throughput']:.1f} infer/s · {event['latency_us'] / 1000:.2f} ms · "
+                          f"client CPU {event['cpu_pct']:.0f}%" + (" · stable" if event["stable"] else ""))
+
+        run = run_perf(model, url, settings, input_data=input_data, shapes=parse_shapes(shape), images=images,
+                       workers=workers, compression=None if compression == "none" else compression, on_window=on_window)
+    print(report.settings_text(settings, run.workers))
+    for result in run.results:
+        print(report.level_text(result))
+        for warning in result.warnings:
+            console.print(warning, highlight=False, markup=False, soft_wrap=True)
+    print(report.summary_text(run.results))
+    if csv_file is not None:
+        for path in report.write_csv(csv_file, run.results, run.info, verbose=verbose_csv):
+            console.print(f"wrote {path}", highlight=False)
+    if profile_export_file is not None:
+        report.write_profile_export(profile_export_file, run.timeline, run.info, url)
+        console.print(f"wrote {profile_export_file}", highlight=False)
+    if not run.stable:
+        raise typer.Exit(2)  # perf_analyzer's exit code when a measurement does not stabilise
+
+
+@app.command()
 def demo(
     output: Path = typer.Argument(Path("demo/colour_classifier"), help="Where to write the export."),
 ) -> None:

@@ -27,3 +27,7 @@ class ServeError(TritongenError):
 
 class ClientError(TritongenError):
     """A request to Triton failed; the message is the server's (or why it is unreachable)."""
+
+
+class PerfError(TritongenError):
+    """A performance measurement cannot run or gave no valid result."""

@@ -1,0 +1,129 @@
+"""``tritongen perf``: perf_analyzer's measurement method in Python, driven hard enough.
+
+    run = run_perf("resnet", url="127.0.0.1:8001", settings=PerfSettings(levels=[1, 2, 4]), images="photos/")
+    print(report.summary_text(run.results))
+
+Inputs come from the model's metadata/config (inputs.py); load from worker processes each
+running an asyncio gRPC loop (worker.py, load.py); windows, stability and server statistics
+follow perf_analyzer (measure.py); outputs are its console text, CSV and profile export (report.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import PerfError
+from .inputs import ModelInfo, build_requests, inspect_model, parse_shapes
+from .load import LoadManager
+from .measure import PerfSettings, PerfStatus, Profiler
+from .worker import WorkerSpec
+
+__all__ = ["run_perf", "PerfRun", "PerfSettings", "PerfStatus", "PerfError", "parse_range", "parse_shapes", "default_workers"]
+
+CONCURRENCY_PER_WORKER = 16  # outstanding requests one asyncio process drives comfortably
+RATE_PER_WORKER = 1500.0  # requests/s one process sends on schedule (measured: benchmarks/perf_client.py)
+
+
+@dataclass
+class PerfRun:
+    info: ModelInfo
+    settings: PerfSettings
+    results: list[PerfStatus]
+    workers: int
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stable(self) -> bool:
+        return bool(self.results) and all(r.stable for r in self.results)
+
+
+def parse_range(text: str, kind: type = int) -> list:
+    """perf_analyzer's ``start:end:step`` (end and step optional) -> the levels."""
+    parts = text.split(":")
+    try:
+        values = [kind(p) for p in parts]
+    except ValueError:
+        raise PerfError(f"range {text!r}: expected start[:end[:step]] with {kind.__name__} values") from None
+    if not 1 <= len(values) <= 3 or any(v <= 0 for v in values):
+        raise PerfError(f"range {text!r}: expected start[:end[:step]], all positive")
+    start = values[0]
+    end = values[1] if len(values) > 1 else start
+    step = values[2] if len(values) > 2 else kind(1)
+    if end < start:
+        raise PerfError(f"range {text!r}: end is below start")
+    count = int(math.floor((end - start) / step + 1e-9)) + 1
+    if count > 1000:
+        raise PerfError(f"range {text!r}: {count} levels; use a larger step")
+    return [kind(start + i * step) if kind is int else round(start + i * step, 6) for i in range(count)]
+
+
+def default_workers(settings: PerfSettings) -> int:
+    """Enough processes that Python is not the limit, no more than the machine has cores."""
+    peak = max(settings.levels)
+    needed = peak / CONCURRENCY_PER_WORKER if settings.mode == "concurrency" else peak / RATE_PER_WORKER
+    return max(1, min(os.cpu_count() or 1, math.ceil(needed), int(peak) if settings.mode == "concurrency" else 10**6))
+
+
+def _connect(url: str, model: str, timeout_s: float):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        client = grpcclient.InferenceServerClient(url=url)
+    except Exception as exc:  # malformed URL
+        raise PerfError(f"cannot create a gRPC client for {url!r}: {exc}") from None
+    try:
+        if not client.is_server_live(client_timeout=timeout_s):
+            raise PerfError(f"Triton at {url} is not live")
+        if not client.is_model_ready(model, client_timeout=timeout_s):
+            names = sorted(m.name for m in client.get_model_repository_index(client_timeout=timeout_s).models)
+            raise PerfError(f"model {model!r} is not ready on {url} (models: {', '.join(names) or 'none'})")
+        return client
+    except InferenceServerException as exc:
+        client.close()
+        status = exc.status() or ""
+        if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
+            raise PerfError(f"cannot reach Triton at {url}: is the server running? ({exc.message()})") from None
+        raise PerfError(f"{url}: {exc.message()}") from None
+    except PerfError:
+        client.close()
+        raise
+
+
+def run_perf(
+    model: str,
+    url: str = "127.0.0.1:8001",
+    settings: PerfSettings | None = None,
+    input_data: str = "random",
+    shapes: dict[str, list[int]] | None = None,
+    images: str | Path | None = None,
+    workers: int | None = None,
+    compression: str | None = None,
+    on_window: Callable[[dict[str, Any]], None] = lambda event: None,
+) -> PerfRun:
+    settings = settings or PerfSettings()
+    settings.validate()
+    if compression not in (None, "gzip", "deflate"):
+        raise PerfError(f"--compression {compression!r}: choose none, gzip or deflate")
+    client = _connect(url, model, settings.timeout_s)
+    try:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            info = inspect_model(client, model)
+        except InferenceServerException as exc:
+            raise PerfError(f"model {model!r}: {exc.message()}") from None
+        requests = build_requests(info, settings.batch_size, input_data, shapes, images)
+        n_workers = workers or default_workers(settings)
+        spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version="", requests=requests,
+                          datatypes={t.name: t.datatype for t in info.inputs}, outputs=[t.name for t in info.outputs],
+                          timeout_s=settings.timeout_s, compression=compression)
+        with LoadManager(spec, n_workers) as manager:
+            profiler = Profiler(settings, info, manager, client, on_window)
+            results = profiler.sweep()
+        return PerfRun(info, settings, results, n_workers, profiler.timeline)
+    finally:
+        client.close()
