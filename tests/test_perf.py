@@ -1,0 +1,196 @@
+"""`tritongen perf` against a real tritonserver: perf_analyzer's method, CSV, errors.
+
+One server serves a trivial identity model, a slow one (for timeouts) and the tiny
+classification ensemble. Speed is not asserted here (benchmarks/perf_client.py measures it);
+these tests check the method: windows that stabilise, rates that are kept, server-side
+numbers that fit inside the client's, perf_analyzer's CSV header, and clean failures.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+
+from tritongen.errors import PerfError
+from tritongen.perf import PerfSettings, parse_range, run_perf
+from tritongen.perf.identity import write_identity_model
+from tritongen.perf.inputs import ModelInfo, TensorInfo, build_requests, parse_shapes
+from tritongen.perf.measure import _percentile_ns, is_stable
+from tritongen.perf.report import csv_header
+
+from .conftest import free_port, run_cli, start_serve_cli, stop_serve_cli
+
+# perf_analyzer's CSV header (report_writer.cc) with server statistics, no response cache.
+PA_HEADER = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+             "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency")
+PA_COMPOSING_HEADER = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+                       "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv")
+# Windows short enough for CI; a generous spread because the CI machine runs server and client on 2 cores.
+QUICK = ["-p", "1000", "-s", "40", "--max-trials", "12"]
+
+
+@pytest.fixture(scope="module")
+def perf_server(tmp_path_factory, clas_export):
+    repo = tmp_path_factory.mktemp("perf_repo")
+    write_identity_model(repo, "identity")
+    write_identity_model(repo, "slow", delay_ms=3000)
+    run_cli("build", clas_export, "--name", "tiny_perf", "--backend", "python-onnxruntime", "--output", repo)
+    served = start_serve_cli(repo, tmp_path_factory.mktemp("perf_logs"))
+    yield served
+    stop_serve_cli(served)
+
+
+# ------------------------------------------------------------------------------ unit level
+
+
+def test_ranges_and_shapes():
+    assert parse_range("1:4") == [1, 2, 3, 4] and parse_range("2:8:3") == [2, 5, 8] and parse_range("3") == [3]
+    assert parse_range("10:30:10", float) == [10.0, 20.0, 30.0]
+    for bad in ("0:4", "4:1", "a:b", "1:2:3:4"):
+        with pytest.raises(PerfError):
+            parse_range(bad)
+    assert parse_shapes(["x:3,224,224"]) == {"x": [3, 224, 224]}
+    with pytest.raises(PerfError, match="NAME:d1"):
+        parse_shapes(["x"])
+
+
+def test_stability_is_max_over_min_of_the_last_three_windows():
+    assert is_stable([(100, 10), (104, 10.5), (96, 9.8)], 10)
+    assert not is_stable([(100, 10), (104, 10.5)], 10)  # fewer than three windows
+    assert not is_stable([(100, 10), (120, 10), (100, 10)], 10)  # throughput spread 20 %
+    assert not is_stable([(100, 10), (100, 12), (100, 10)], 10)  # latency spread 20 %
+    assert is_stable([(50, 1), (100, 10), (104, 10.5), (96, 9.8)], 10)  # only the last three count
+    assert not is_stable([(0, 10), (0, 10), (0, 10)], 10)  # nothing finished is not stable
+
+
+def test_nearest_rank_percentiles():
+    values = np.arange(1, 101) * 1000
+    assert [_percentile_ns(values, p) for p in (50, 90, 99)] == [50_000, 90_000, 99_000]
+    assert _percentile_ns(np.array([7]), 99) == 7 and _percentile_ns(np.array([], np.int64), 50) == 0
+
+
+def test_csv_header_is_perf_analyzers():
+    assert ",".join(csv_header("concurrency", True, False, [50, 90, 95, 99], False, False)) == PA_HEADER
+    rate = csv_header("request_rate", True, True, [50, 90, 95, 99], True, False)
+    assert rate[0] == "Request Rate" and "Server Cache Hit" in rate and rate[-3:] == ["Avg latency", "request/response", "response wait"]
+
+
+def test_request_data_sources(tmp_path):
+    info = ModelInfo("m", "1", 8, [TensorInfo("X", "FP32", (-1, 4)), TensorInfo("IMAGE", "BYTES", (1,))], [])
+    with pytest.raises(PerfError, match="--shape X:D,4"):
+        build_requests(info)
+    with pytest.raises(PerfError, match="does not fit"):
+        build_requests(info, shapes={"X": [2, 5]})
+    with pytest.raises(PerfError, match="exceeds .* max_batch_size 8"):
+        build_requests(info, batch_size=9, shapes={"X": [2, 4]})
+    requests = build_requests(info, batch_size=3, shapes={"X": [2, 4]})
+    assert requests[0]["X"].shape == (3, 2, 4) and requests[0]["X"].dtype == np.float32
+    assert requests[0]["IMAGE"].shape == (3, 1) and isinstance(requests[0]["IMAGE"][0, 0], bytes)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"data": [{"X": {"content": list(range(8)), "shape": [2, 4]}, "IMAGE": ["abc"]},
+                                         {"X": [1] * 8, "IMAGE": ["de"]}]}))
+    first = build_requests(info, batch_size=2, input_data=str(data), shapes={"X": [2, 4]})[0]
+    np.testing.assert_array_equal(first["X"][0].ravel(), np.arange(8))
+    assert first["IMAGE"].ravel().tolist() == [b"abc", b"de"]
+    data.write_text("{not json")
+    with pytest.raises(PerfError, match="not valid JSON"):
+        build_requests(info, input_data=str(data), shapes={"X": [2, 4]})
+    with pytest.raises(PerfError, match="--images .* not a directory"):
+        build_requests(info, shapes={"X": [2, 4]}, images=tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------ served
+
+
+def test_concurrency_sweep_is_stable_and_writes_perf_analyzers_csv(perf_server, tmp_path):
+    out = tmp_path / "identity.csv"
+    export = tmp_path / "profile.json"
+    proc = run_cli("perf", "identity", "-u", perf_server.grpc_url, "--concurrency-range", "1:4", *QUICK,
+                   "--warmup-request-count", "20", "-f", out, "--profile-export-file", export, timeout=300)
+    assert "Inferences/Second vs. Client Average Batch Latency" in proc.stdout
+    for level in (1, 2, 3, 4):
+        assert f"Request concurrency: {level}\n" in proc.stdout
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert ",".join(rows[0]) == PA_HEADER
+    assert sorted(int(r[0]) for r in rows[1:]) == [1, 2, 3, 4]
+    throughputs = [float(r[1]) for r in rows[1:]]
+    assert throughputs == sorted(throughputs) and throughputs[0] > 0  # perf_analyzer sorts by throughput
+    for row in rows[1:]:
+        queue_to_output = sum(int(v) for v in row[4:8])
+        assert queue_to_output <= int(row[9]) * 2  # server time per request is of the client's order (p50)
+    profile = json.loads(export.read_text())
+    assert [e["experiment"] for e in profile["experiments"]] == [{"mode": "concurrency", "value": v} for v in (1, 2, 3, 4)]
+    first = profile["experiments"][0]
+    assert len(first["window_boundaries"]) >= 4 and first["requests"]
+    assert all(r["response_timestamps"][0] > r["timestamp"] for r in first["requests"])
+
+
+def test_request_rate_is_kept(perf_server):
+    settings = PerfSettings(mode="request_rate", levels=[80.0], measurement_interval_ms=1500, stability_percentage=40,
+                            max_trials=12)
+    (status,) = run_perf("identity", perf_server.grpc_url, settings).results
+    assert status.stable
+    assert abs(status.infer_per_sec - 80) <= 8, status.infer_per_sec  # within 10 % of the asked rate
+    assert abs(status.sent / status.duration_s - 80) <= 8
+    poisson = PerfSettings(mode="request_rate", levels=[80.0], distribution="poisson", measurement_interval_ms=2000,
+                           stability_percentage=40, max_trials=12)
+    (status,) = run_perf("identity", perf_server.grpc_url, poisson).results
+    assert abs(status.infer_per_sec - 80) <= 16  # Poisson counts in 2 s windows vary more
+    gaps = np.diff(np.sort(status.records[:, 0])) / 1e9
+    assert gaps.std() / gaps.mean() > 0.5  # exponential gaps (coefficient of variation ~1), not a metronome
+
+
+def test_ensemble_breakdown_fits_inside_client_latency(perf_server, photos, tmp_path):
+    settings = PerfSettings(levels=[2], batch_size=2, measurement_mode="count_windows", measurement_request_count=60,
+                            stability_percentage=40, max_trials=12)
+    run = run_perf("tiny_perf", perf_server.grpc_url, settings, images=photos[0].parent)
+    (status,) = run.results
+    assert run.info.composing == ["tiny_perf_preprocess", "tiny_perf_runtime", "tiny_perf_postprocess"]
+    assert status.request_count >= 3 * 60 and status.infer_per_sec == pytest.approx(
+        status.request_count * 2 / status.duration_s)
+    parts = status.breakdown_us()
+    assert all(v > 0 for v in (parts["compute_infer"],)), parts
+    assert sum(parts.values()) <= status.avg_latency_ns / 1000  # server-side pieces sum to at most the client latency
+    assert status.model_stats.counts["success"] >= status.request_count - 4  # the server saw the same requests
+    for name in run.info.composing:  # every step ran every request
+        assert status.server[name].counts["success"] == status.model_stats.counts["success"]
+    from tritongen.perf import report
+
+    files = report.write_csv(tmp_path / "ens.csv", run.results, run.info)
+    assert [f.name for f in files] == ["ens.csv"] + [f"{m}_v1.ens.csv" for m in run.info.composing]
+    assert files[1].read_text().splitlines()[0] == PA_COMPOSING_HEADER
+    text = report.level_text(status)
+    assert "Composing models: " in text and "tiny_perf_runtime, version: " in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, message", [
+    (["identity", "-u", "127.0.0.1:{free}"], "cannot reach Triton at 127.0.0.1:"),
+    (["nosuchmodel"], "model 'nosuchmodel' is not ready"),
+    (["identity", "--shape", "INPUT0:3"], "does not fit the model's dims [16]"),
+    (["identity", "-b", "64"], "exceeds model 'identity''s max_batch_size 8"),
+    (["tiny_perf"], "failed: "),  # random bytes are no image: the server's own message, not a hang
+    (["slow", "--timeout", "1"], "DEADLINE_EXCEEDED"),
+    (["identity", "--concurrency-range", "1", "--request-rate-range", "10"], "not both"),
+], ids=["server-down", "unknown-model", "bad-shape", "batch-too-big", "server-error", "timeout", "two-modes"])
+def test_errors_are_clear_and_exit_nonzero(perf_server, args, message):
+    args = [a.replace("{free}", str(free_port())) for a in args]
+    if "-u" not in args:
+        args += ["-u", perf_server.grpc_url]
+    start = time.monotonic()
+    proc = run_cli("perf", *args, "-p", "1000", check=False, timeout=100)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_unstable_measurement_exits_2(perf_server):
+    """perf_analyzer's exit code 2 when the windows never agree (a 0.01 % spread never happens)."""
+    proc = run_cli("perf", "identity", "-u", perf_server.grpc_url, "-p", "300", "-s", "0.01", "--max-trials", "3",
+                   check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Failed to obtain stable measurement within 3 measurement windows" in proc.stderr
