@@ -4,7 +4,7 @@
     print(report.summary_text(run.results))
 
 Inputs come from the model's metadata/config (inputs.py); load from worker processes each
-running an asyncio gRPC loop (worker.py, load.py); windows, stability and server statistics
+sending from gRPC completion callbacks (worker.py, load.py); windows, stability and server statistics
 follow perf_analyzer (measure.py); outputs are its console text, CSV and profile export (report.py).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .worker import WorkerSpec
 
 __all__ = ["run_perf", "PerfRun", "PerfSettings", "PerfStatus", "PerfError", "parse_range", "parse_shapes", "default_workers"]
 
-CONCURRENCY_PER_WORKER = 16  # outstanding requests one asyncio process drives comfortably
+CONCURRENCY_PER_WORKER = 2  # outstanding requests per load process before another process helps (benchmarks/perf_client.py)
 RATE_PER_WORKER = 1500.0  # requests/s one process sends on schedule (measured: benchmarks/perf_client.py)
 
 

@@ -34,7 +34,7 @@ def settings_text(settings: PerfSettings, workers: int) -> str:
     if settings.mode == "request_rate":
         lines.append(f"  Using {'uniform' if settings.distribution == 'constant' else 'poisson'} distribution on request generation")
     lines.append(f"  Using asynchronous calls for inference ({workers} load process{'es' if workers > 1 else ''}, "
-                 "asyncio gRPC)")
+                 "gRPC callbacks)")
     lines.append(f"  Stabilizing using p{settings.percentile} latency" if settings.percentile
                  else "  Stabilizing using average latency")
     return "\n".join(lines) + "\n"

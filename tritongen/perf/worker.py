@@ -1,31 +1,37 @@
-"""A load-generating process: one asyncio event loop over ``tritonclient.grpc.aio``.
+"""A load-generating process: callback-driven gRPC (``tritonclient.grpc`` ``async_infer``).
 
 The parent (perf.load.LoadManager) starts several of these so that Python is not the
-bottleneck, and talks to each over a pipe:
+bottleneck, and talks to each over a local socket:
 
 ``("load", {"mode": "concurrency", "value": n})``
-    closed loop: keep ``n`` requests outstanding (each slot sends again when its answer arrives).
+    closed loop: keep ``n`` requests outstanding; each answer's callback sends the next.
 ``("load", {"mode": "rate", "value": r, "distribution": "constant"|"poisson", "start_ns": t})``
-    open loop: send on a precomputed schedule whatever the answers do; a send later than
-    its slot by more than ``DELAY_TOLERANCE_NS`` is counted as delayed.
+    open loop: a scheduler thread sends on a precomputed schedule whatever the answers do; a
+    send later than its slot by more than ``DELAY_TOLERANCE_NS`` is counted as delayed.
 ``("collect", upto_ns)``
     hand over the records of requests that finished by ``upto_ns`` plus errors and the
     process's CPU time since the last collect (its own overhead).
 ``("stop", None)``
 
+Why callbacks and not asyncio: gRPC completes requests on its own threads; sending the next
+request from the completion callback costs no event-loop round trip, which measured faster
+than ``tritonclient.grpc.aio`` on the same machine (benchmarks/perf_client.py).
+Request inputs are built once (perf_analyzer prepares its data up front as well); the
+per-request marshalling into a protobuf is what "Client Send" measures.
+
 Timestamps are ``time.monotonic_ns()``: CLOCK_MONOTONIC, one clock for every process.
 """
 from __future__ import annotations
 
-import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-DELAY_TOLERANCE_NS = 1_000_000  # asyncio timers are ~1 ms precise
+DELAY_TOLERANCE_NS = 1_000_000
 SCHEDULE_BLOCK = 4096  # send times generated per block (open loop)
 # Record columns: start, end, client send (marshal), client recv (unmarshal), response wait, delayed
 RECORD_FIELDS = ("start_ns", "end_ns", "send_ns", "recv_ns", "wait_ns", "delayed")
@@ -59,10 +65,9 @@ def main() -> None:
     import tritongen  # noqa: F401  (zlib first, as everywhere)
 
     conn = Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
-    spec = conn.recv()
     try:
-        asyncio.run(_Worker(conn, spec).main())
-    except KeyboardInterrupt:
+        _Worker(conn, conn.recv()).serve()
+    except (KeyboardInterrupt, EOFError, OSError):
         pass
     finally:
         conn.close()
@@ -70,29 +75,38 @@ def main() -> None:
 
 class _Worker:
     def __init__(self, conn, spec: WorkerSpec):
+        import tritonclient.grpc as grpcclient
+
         self.conn, self.spec = conn, spec
+        self.client = grpcclient.InferenceServerClient(spec.url)
+        self.inputs = []
+        for data in spec.requests:
+            tensors = []
+            for name, array in data.items():
+                tensor = grpcclient.InferInput(name, list(array.shape), spec.datatypes[name])
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
+            self.inputs.append(tensors)
+        self.outputs = [grpcclient.InferRequestedOutput(name) for name in spec.outputs]
+        # tritonclient keeps the last call on the client object while it attaches the callback:
+        # sends from several threads (scheduler, completion callbacks) must not interleave.
+        # Reentrant: a completion callback may run inside async_infer when the answer is already there.
+        self.send_lock = threading.RLock()
         self.records: list[tuple[int, int, int, int, int, int]] = []
         self.errors: list[str] = []
         self.error_count = 0
         self.generation = 0
-        self.in_flight: set[asyncio.Task] = set()  # open-loop requests
-        self.slots: set[asyncio.Task] = set()  # closed-loop senders, one request outstanding each
-        self.scheduler: asyncio.Task | None = None
+        self.outstanding = 0
         self.sent = 0
-        self.cpu_mark = time.process_time()
         self.next_request = spec.index  # workers start at different data items
+        self.scheduler: threading.Thread | None = None
+        self.cpu_mark = time.process_time()
 
-    async def main(self) -> None:
-        from tritonclient.grpc import aio
-
-        self.client = aio.InferenceServerClient(self.spec.url)
-        loop = asyncio.get_running_loop()
-        self.commands: asyncio.Queue = asyncio.Queue()
-        loop.add_reader(self.conn.fileno(), self._on_command)
+    def serve(self) -> None:
         self.conn.send(("ready", os.getpid()))
         try:
             while True:
-                command, arg = await self.commands.get()
+                command, arg = self.conn.recv()
                 if command == "load":
                     self._set_load(arg)
                 elif command == "collect":
@@ -100,45 +114,27 @@ class _Worker:
                 elif command == "stop":
                     break
         finally:
-            loop.remove_reader(self.conn.fileno())
-            self.generation += 1
-            if self.scheduler is not None:
-                self.scheduler.cancel()
-            pending = self.in_flight | self.slots
-            if pending:  # let answers arrive rather than abandon requests mid-flight
-                await asyncio.wait(pending, timeout=self.spec.timeout_s)
-            await self.client.close()
+            self.generation += 1  # no new sends; let answers arrive rather than abandon requests
+            deadline = time.monotonic() + self.spec.timeout_s
+            while self.outstanding > 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.client.close()
             try:
                 self.conn.send(("stopped", None))
             except OSError:
                 pass
 
-    def _on_command(self) -> None:
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            message = ("stop", None)
-        self.commands.put_nowait(message)
-
     # ----------------------------------------------------------------- load shapes
     def _set_load(self, load: dict[str, Any]) -> None:
-        self.generation += 1  # slots of the old level finish their request, then stop
-        if self.scheduler is not None:
-            self.scheduler.cancel()  # it only sleeps; the requests it sent run on
-            self.scheduler = None
+        self.generation += 1  # chains of the old level end at their next answer; the old schedule stops
+        generation = self.generation
         if load["mode"] == "concurrency":
             total, w, n = int(load["value"]), self.spec.index, self.spec.workers
             for _ in range(total // n + (1 if w < total % n else 0)):
-                task = asyncio.create_task(self._slot(self.generation))
-                self.slots.add(task)
-                task.add_done_callback(self.slots.discard)
+                self._send(generation, chained=True)
         else:
-            self.scheduler = asyncio.create_task(self._schedule(self.generation, load))
-
-    async def _slot(self, generation: int) -> None:
-        while generation == self.generation:
-            await self._send(delayed=False)
+            self.scheduler = threading.Thread(target=self._schedule, args=(generation, load), daemon=True)
+            self.scheduler.start()
 
     def _send_times(self, load: dict[str, Any]):
         """This worker's share of the schedule: offsets (ns) from the start, block by block.
@@ -156,68 +152,86 @@ class _Worker:
         rng = np.random.default_rng(self.spec.seed * 1000 + w)
         last = 0.0
         while True:
-            gaps = rng.exponential(n / rate * 1e9, SCHEDULE_BLOCK)
-            times = last + np.cumsum(gaps)
+            times = last + np.cumsum(rng.exponential(n / rate * 1e9, SCHEDULE_BLOCK))
             last = float(times[-1])
             yield times.astype(np.int64)
 
-    async def _schedule(self, generation: int, load: dict[str, Any]) -> None:
+    def _schedule(self, generation: int, load: dict[str, Any]) -> None:
         start = int(load["start_ns"])
         for block in self._send_times(load):
             for offset in block:
                 target = start + int(offset)
                 wait = target - time.monotonic_ns()
                 if wait > 0:
-                    await asyncio.sleep(wait / 1e9)
+                    time.sleep(wait / 1e9)
                 if generation != self.generation:
                     return
-                delayed = time.monotonic_ns() - target > DELAY_TOLERANCE_NS
-                task = asyncio.create_task(self._send(delayed))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+                self._send(generation, chained=False, delayed=time.monotonic_ns() - target > DELAY_TOLERANCE_NS)
 
     # ------------------------------------------------------------------- one request
-    async def _send(self, delayed: bool) -> None:
-        from tritonclient.grpc import InferInput, InferRequestedOutput
+    def _send(self, generation: int, chained: bool, delayed: bool = False) -> None:
         from tritonclient.utils import InferenceServerException
 
-        data = self.spec.requests[self.next_request % len(self.spec.requests)]
-        self.next_request += self.spec.workers
-        start = time.monotonic_ns()
-        inputs = []
-        for name, array in data.items():  # marshal: what a client pays per request
-            tensor = InferInput(name, list(array.shape), self.spec.datatypes[name])
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        outputs = [InferRequestedOutput(name) for name in self.spec.outputs]
-        sent = time.monotonic_ns()
-        self.sent += 1
-        try:
-            result = await self.client.infer(
-                self.spec.model, inputs, model_version=self.spec.version, outputs=outputs,
-                client_timeout=self.spec.timeout_s, compression_algorithm=self.spec.compression,
-            )
-        except InferenceServerException as exc:
-            self.error_count += 1
-            if len(self.errors) < 5:
-                self.errors.append(f"{exc.status() or 'error'}: {exc.message()}")
-            await asyncio.sleep(0.01)  # a failing server must not turn into a busy loop
-            return
+        with self.send_lock:
+            inputs = self.inputs[self.next_request % len(self.inputs)]
+            self.next_request += self.spec.workers
+            self.outstanding += 1
+            self.sent += 1
+            timing = {"start": time.monotonic_ns()}
+
+            def done(result, error) -> None:
+                self._done(timing, result, error, generation, chained, delayed)
+
+            try:
+                self.client.async_infer(
+                    self.spec.model, inputs, done, model_version=self.spec.version, outputs=self.outputs,
+                    client_timeout=self.spec.timeout_s, compression_algorithm=self.spec.compression,
+                )
+            except InferenceServerException as exc:  # refused before sending (e.g. a closed channel)
+                self.outstanding -= 1
+                self._error(exc)
+                return
+            timing.setdefault("sent", time.monotonic_ns())
+
+    def _done(self, timing: dict[str, int], result, error, generation: int, chained: bool, delayed: bool) -> None:
         answered = time.monotonic_ns()
-        for name in self.spec.outputs:
-            result.as_numpy(name)
-        end = time.monotonic_ns()
-        self.records.append((start, end, sent - start, end - answered, answered - sent, int(delayed)))
+        sent = timing.setdefault("sent", answered)  # the answer can beat the return of async_infer
+        record = None
+        if error is None:
+            for name in self.spec.outputs:
+                result.as_numpy(name)
+            end = time.monotonic_ns()
+            start = timing["start"]
+            record = (start, end, sent - start, end - answered, max(answered - sent, 0), int(delayed))
+        with self.send_lock:
+            self.outstanding -= 1
+            if record is not None:
+                self.records.append(record)
+            else:
+                self._error(error)
+        if chained and generation == self.generation:
+            if error is not None:
+                time.sleep(0.01)  # a failing server must not turn into a busy loop
+            self._send(generation, chained=True)
+
+    def _error(self, exc) -> None:
+        self.error_count += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"{exc.status() or 'error'}: {exc.message()}")
 
     def _collect(self, upto_ns: int) -> dict[str, Any]:
-        done = [r for r in self.records if r[1] <= upto_ns]
-        self.records = [r for r in self.records if r[1] > upto_ns]
+        with self.send_lock:
+            records, self.records = self.records, []
+        done = [r for r in records if r[1] <= upto_ns]
+        later = [r for r in records if r[1] > upto_ns]
+        if later:
+            with self.send_lock:
+                self.records = later + self.records
         cpu = time.process_time()
         report = {
             "records": np.array(done, dtype=np.int64).reshape(-1, len(RECORD_FIELDS)),
             "errors": self.errors, "error_count": self.error_count,
-            "cpu_s": cpu - self.cpu_mark, "sent": self.sent,
-            "outstanding": len(self.in_flight) + len(self.slots),
+            "cpu_s": cpu - self.cpu_mark, "sent": self.sent, "outstanding": self.outstanding,
         }
         self.cpu_mark, self.errors, self.error_count, self.sent = cpu, [], 0, 0
         return report
