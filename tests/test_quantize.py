@@ -113,11 +113,11 @@ def test_fidelity_compare_and_gate(clas_export, calib_dir, tmp_path):
     other = load_model(make_classifier(tmp_path / "o", transform_ops=NON_DEFAULT_OPS, input_hw=(48, 64), topk=3, seed=5))
     data = load_calibration(spec, calib_dir)
     same = compare(PaddleInferenceRunner(spec.model_file, spec.params_file),
-                   PaddleInferenceRunner(spec.model_file, spec.params_file), "x", data.holdout)
+                   PaddleInferenceRunner(spec.model_file, spec.params_file), data.holdout)
     assert same.headline == ("top-1 agreement", 1.0) and same.outputs[0].cosine_min > 0.99999
     same.check(0.0)
     diff = compare(PaddleInferenceRunner(spec.model_file, spec.params_file),
-                   PaddleInferenceRunner(other.model_file, other.params_file), "x", data.holdout)
+                   PaddleInferenceRunner(other.model_file, other.params_file), data.holdout)
     assert diff.outputs[0].cosine_mean < same.outputs[0].cosine_mean
     with pytest.raises(FidelityError, match="held-out"):
         diff.check(0.0) if diff.headline[1] < 1.0 else diff.check(-1.0)
@@ -200,11 +200,14 @@ def test_segmentation_export_quantizes_under_its_own_file_names(calib_dir, tmp_p
     assert result.fidelity.headline[0] == "mean cosine"
 
 
-def test_multi_input_detectors_are_refused_clearly(calib_dir, tmp_path):
+def test_qat_refuses_multi_input_detectors_clearly(calib_dir, tmp_path):
+    """PTQ quantizes detectors (tests/test_detection_int8.py); QAT distillation does not, and says so."""
     from tritongen.demo_exports import make_detector
 
     export = make_detector(tmp_path / "det", with_nms=False, input_hw=(128, 128))
-    with pytest.raises(TritongenError, match="single-input"):
-        quantize(export, calib_dir, tmp_path / "det_int8")
-    proc = run_cli("build", export, "--int8", "--calib-dir", calib_dir, "--output", tmp_path / "r", check=False)
+    with pytest.raises(TritongenError, match="--method qat .* supports single-input models.*scale_factor.*--method ptq"):
+        quantize(export, calib_dir, tmp_path / "det_int8", method="qat")
+    proc = run_cli("build", export, "--int8", "--method", "qat", "--calib-dir", calib_dir, "--output", tmp_path / "r",
+                   check=False)
     assert proc.returncode == 1 and "single-input" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "det_int8").exists()

@@ -11,6 +11,11 @@ breaks near-ties). Recipes:
   calibration on the same images elsewhere;
 - ``ort-calibration``: ONNX Runtime's quantize_static (MinMax) alone, for reference.
 
+Detectors: calibration, fidelity and latency feed every model input (image, scale_factor,
+im_shape) one image at a time (paddle2onnx's NMS is batch 1); fidelity is the detection
+agreement of the postprocessed detections, and ONNX Runtime's own placement leaves the
+post-processing tail and the scale_factor / im_shape math in float (:class:`KeepFloat`).
+
 TensorRT: Paddle's QDQ graph with the passes in ``passes.tensorrt`` (symmetric int8 is
 what TensorRT's explicit quantization wants).
 """
@@ -29,10 +34,11 @@ from ..bench.latency import Latency, measure
 from ..errors import ConversionError
 from ..intake.spec import ModelSpec
 from ..processing.runners import OnnxRuntimeRunner
-from ..quantize.calibration import CalibrationData
+from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
 from .onnx import paddle_to_onnx
-from .passes.onnxruntime import FusionReport, activation_ranges, activations_to_uint8, fusion_report, rename_outputs
+from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, activations_to_uint8, fusion_report,
+                                 rename_outputs)
 
 NEAR_TIE = 0.005  # fidelity differences below this are noise on a small held-out set
 
@@ -47,7 +53,8 @@ class Int8Candidate:
 
     def row(self) -> dict:
         metric, value = self.fidelity.headline
-        return {"recipe": self.recipe, metric: round(value, 4), "cosine_mean": round(self.fidelity.outputs[0].cosine_mean, 5),
+        second, second_value = self.fidelity.secondary
+        return {"recipe": self.recipe, metric: round(value, 4), second: round(second_value, 5),
                 "fused": f"{self.fusion.fused}/{self.fusion.convs}", "latency_ms": round(self.latency.median_ms, 2)}
 
 
@@ -84,22 +91,65 @@ def _paddle_scales_recipe(paddle_qdq: Path, out: Path, **_) -> Path:
 
 
 class _Reader:
-    """ONNX Runtime CalibrationDataReader over preprocessed images (batch 1, as ORT calibrates)."""
+    """ONNX Runtime CalibrationDataReader over preprocessed images: every model feed, one image
+    at a time (as ORT calibrates, and as paddle2onnx's NMS runs)."""
 
-    def __init__(self, feed: str, tensors: list[np.ndarray]):
-        self.feed, self.tensors, self.i = feed, tensors, 0
+    def __init__(self, images: ImageSet):
+        self.images, self.i = images, 0
 
     def get_next(self):
-        if self.i >= len(self.tensors):
+        if self.i >= len(self.images):
             return None
         self.i += 1
-        return {self.feed: self.tensors[self.i - 1][None]}
+        return self.images.batch([self.i - 1])
 
     def __len__(self) -> int:
-        return len(self.tensors)
+        return len(self.images)
 
 
-def _ort_quantize(fp32_onnx: Path, out: Path, feed: str, data: CalibrationData, overrides: dict | None) -> Path:
+@dataclass(frozen=True)
+class KeepFloat:
+    """What ONNX Runtime's own Q/DQ placement must leave in float — the same tensors the Paddle
+    program keeps float (``quantize.ptq.keep_float``): the ``--skip-tensors``, and for a
+    detector its post-processing (box decoding, scores, NMS) and all math on its non-image
+    inputs (``scale_factor``, ``im_shape``), which ORT's op list (Mul, Add, Concat, Split,
+    Reshape, ...) would otherwise quantize."""
+
+    tensors: frozenset[str] = frozenset()
+    detection_image_input: str | None = None  # set for detectors
+
+    @classmethod
+    def for_model(cls, fp32: ModelSpec, int8: ModelSpec) -> "KeepFloat":
+        from ..quantize import QUANT_FILE
+
+        settings_file = int8.source_dir / QUANT_FILE
+        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+        return cls(frozenset(settings.get("skip_tensors") or ()),
+                   fp32.image_input.name if fp32.task == "detection" else None)
+
+    def nodes(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the nodes ORT must not quantize (nodes producing or reading a kept tensor;
+        a detector's nodes from which no Conv/MatMul/Gemm is reachable, or that compute on a
+        non-image input)."""
+        nodes = list(model.graph.node)
+        keep = {n.name for n in nodes if set(n.input) & self.tensors or set(n.output) & self.tensors}
+        if self.detection_image_input is not None:
+            reaches_compute: set[str] = set()
+            for node in reversed(nodes):
+                if node.op_type in COMPUTE_OPS or set(node.output) & reaches_compute:
+                    reaches_compute |= set(node.input)
+                else:
+                    keep.add(node.name)
+            side = {i.name for i in model.graph.input} - {self.detection_image_input}
+            for node in nodes:
+                if set(node.input) & side:
+                    side |= set(node.output)
+                    keep.add(node.name)
+        return sorted(name for name in keep if name)
+
+
+def _ort_quantize(fp32_onnx: Path, out: Path, data: CalibrationData, overrides: dict | None,
+                  keep_float: KeepFloat = KeepFloat()) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -109,7 +159,7 @@ def _ort_quantize(fp32_onnx: Path, out: Path, feed: str, data: CalibrationData, 
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         calibrator = create_calibrator(pre, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)
-        calibrator.collect_data(_Reader(feed, data.calibration.tensors))
+        calibrator.collect_data(_Reader(data.calibration))
         ranges = calibrator.compute_data()
         for name, (lo, hi) in (overrides or {}).items():
             merged = _merge_range(ranges.data.get(name), lo, hi)
@@ -119,7 +169,8 @@ def _ort_quantize(fp32_onnx: Path, out: Path, feed: str, data: CalibrationData, 
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges.data), cache)
         quantize_static(str(pre), str(out), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-                        calibration_cache_path=str(cache), op_types_to_quantize=_ort_op_types())
+                        calibration_cache_path=str(cache), op_types_to_quantize=_ort_op_types(),
+                        nodes_to_exclude=keep_float.nodes(onnx.load(str(pre))) or None)
     return out
 
 
@@ -147,12 +198,14 @@ def _ort_op_types() -> list[str]:
     return sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - {"Softmax"})
 
 
-def _ort_placement_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, feed: str, data: CalibrationData) -> Path:
-    return _ort_quantize(fp32_onnx, out, feed, data, activation_ranges(onnx.load(str(paddle_qdq))))
+def _ort_placement_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, data: CalibrationData,
+                          keep_float: KeepFloat) -> Path:
+    return _ort_quantize(fp32_onnx, out, data, activation_ranges(onnx.load(str(paddle_qdq))), keep_float)
 
 
-def _ort_calibration_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, feed: str, data: CalibrationData) -> Path:
-    return _ort_quantize(fp32_onnx, out, feed, data, None)
+def _ort_calibration_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, data: CalibrationData,
+                            keep_float: KeepFloat) -> Path:
+    return _ort_quantize(fp32_onnx, out, data, None, keep_float)
 
 
 ORT_RECIPES: dict[str, Callable[..., Path]] = {
@@ -162,9 +215,9 @@ ORT_RECIPES: dict[str, Callable[..., Path]] = {
 }
 
 
-def _latency(path: Path, feed: str, sample: np.ndarray, budget_s: float) -> Latency:
+def _latency(path: Path, sample: dict[str, np.ndarray], budget_s: float) -> Latency:
     runner = OnnxRuntimeRunner(path, threads=1)
-    return measure(lambda: runner.run({feed: sample}), runs=15, warmup=2, budget_s=budget_s)
+    return measure(lambda: runner.run(sample), runs=15, warmup=2, budget_s=budget_s)
 
 
 def int8_for_onnxruntime(
@@ -174,27 +227,28 @@ def int8_for_onnxruntime(
     """Build each recipe, measure it against the FP32 ONNX on held-out images, choose one."""
     from .. bench.cpu import cpu_info
 
-    feed = fp32.image_input.name
+    config = fp32.pipeline_config()
+    keep_float = KeepFloat.for_model(fp32, int8)
     paddle_qdq = paddle_qdq_onnx(int8, work_dir / "paddle_qdq.onnx")
     reference = OnnxRuntimeRunner(fp32_onnx, threads=1)
-    sample = data.holdout.tensors[0][None]
-    fp32_latency = _latency(fp32_onnx, feed, sample, latency_budget_s)
+    sample = data.holdout.batch([0])  # every feed of one image
+    fp32_latency = _latency(fp32_onnx, sample, latency_budget_s)
     candidates = []
     failures = []
     for recipe in recipes or list(ORT_RECIPES):
         step(f"INT8 recipe {recipe}: building, checking fidelity and speed")
         out = work_dir / f"int8_{recipe}.onnx"
         try:
-            ORT_RECIPES[recipe](paddle_qdq=paddle_qdq, out=out, fp32_onnx=fp32_onnx, feed=feed, data=data)
+            ORT_RECIPES[recipe](paddle_qdq=paddle_qdq, out=out, fp32_onnx=fp32_onnx, data=data, keep_float=keep_float)
             # One set of names whatever the recipe started from: the quantized program's fetch names.
             onnx.save(rename_outputs(onnx.load(str(out)), [t.name for t in int8.outputs]), str(out))
             runner = OnnxRuntimeRunner(out, threads=1)
         except Exception as exc:  # one recipe failing must not sink the others
             failures.append(f"{recipe}: {type(exc).__name__}: {exc}")
             continue
-        report = compare(reference, runner, feed, data.holdout, reference_name="FP32 ONNX Runtime",
+        report = compare(reference, runner, data.holdout, config, reference_name="FP32 ONNX Runtime",
                          candidate_name=f"INT8 ONNX Runtime ({recipe})")
-        candidates.append(Int8Candidate(recipe, out, fusion_report(out), report, _latency(out, feed, sample, latency_budget_s)))
+        candidates.append(Int8Candidate(recipe, out, fusion_report(out), report, _latency(out, sample, latency_budget_s)))
     if not candidates:
         raise ConversionError("no INT8 ONNX recipe worked: " + "; ".join(failures))
     chosen = choose(candidates)
@@ -218,11 +272,12 @@ def int8_for_tensorrt(int8: ModelSpec, work_dir: Path) -> tuple[Path, dict]:
 
 
 def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
-    """Most faithful first (headline metric, then mean cosine); latency decides near-ties."""
+    """Most faithful first (headline metric, then the secondary one: mean cosine, or mean IoU of
+    matched detections); latency decides near-ties."""
     best_head = max(c.fidelity.headline[1] for c in candidates)
     faithful = [c for c in candidates if c.fidelity.headline[1] >= best_head - NEAR_TIE]
-    best_cos = max(c.fidelity.outputs[0].cosine_mean for c in faithful)
-    contenders = [c for c in faithful if c.fidelity.outputs[0].cosine_mean >= best_cos - NEAR_TIE]
+    best_second = max(c.fidelity.secondary[1] for c in faithful)
+    contenders = [c for c in faithful if c.fidelity.secondary[1] >= best_second - NEAR_TIE]
     return min(contenders, key=lambda c: c.latency.median_ms)
 
 

@@ -60,12 +60,10 @@ def quantize(
     fp32 = source if isinstance(source, ModelSpec) else load_model(source)
     if fp32.is_quantized:
         raise TritongenError(f"{fp32.model_file} is already quantized (it has quantize_linear ops)")
-    if len(fp32.inputs) > 1:
-        # Calibration data holds the image feed only; scale_factor / im_shape feeds are not carried yet.
-        raise TritongenError(
-            f"{fp32.model_file} takes {len(fp32.inputs)} inputs ({', '.join(t.name for t in fp32.inputs)}); "
-            "INT8 calibration supports single-input models (classification, segmentation) so far"
-        )
+    if method == "qat":
+        from .qat import check_qat_supported
+
+        check_qat_supported(fp32)
     output = Path(output)
     if output.exists() and not force:
         raise TritongenError(f"{output} exists; pass --force to replace it")
@@ -99,7 +97,7 @@ def quantize(
         report = compare(
             PaddleInferenceRunner(fp32.model_file, fp32.params_file),
             PaddleInferenceRunner(int8.model_file, int8.params_file, int8=True),
-            fp32.image_input.name, data.holdout, reference_name="FP32 Paddle Inference",
+            data.holdout, fp32.pipeline_config(), reference_name="FP32 Paddle Inference",
             candidate_name="INT8 Paddle Inference (oneDNN)",
         )
         report.save(work / FIDELITY_FILE)

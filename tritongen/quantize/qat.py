@@ -68,6 +68,19 @@ class QatError(TritongenError):
     """Quant-aware training failed or produced an unusable program."""
 
 
+def check_qat_supported(spec: ModelSpec) -> None:
+    """QAT distills single-input models only. A detector's extra feeds (scale_factor, im_shape)
+    would have to travel through ACT's data pipeline, and its outputs — multiclass_nms3 rows
+    whose number depends on the scores, or raw boxes in original-image pixels — are no
+    distillation target ACT's l2 loss can follow; PTQ quantizes detectors."""
+    if len(spec.inputs) != 1:
+        others = [t.name for t in spec.inputs if t.name != spec.image_input.name]
+        raise QatError(
+            f"{spec.model_file}: --method qat (PaddleSlim ACT distillation) supports single-input models; this "
+            f"{spec.task} model also takes {', '.join(others)}. Use --method ptq (post-training quantization), which "
+            "calibrates with every input")
+
+
 def quantize_qat(
     spec: ModelSpec,
     data: CalibrationData,
@@ -85,9 +98,7 @@ def quantize_qat(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     feed = spec.image_input.name
-    if len(spec.inputs) != 1:
-        raise QatError(f"{spec.model_file}: QAT feeds only the image input {feed!r}, but the model also takes "
-                       f"{', '.join(t.name for t in spec.inputs[1:])}")
+    check_qat_supported(spec)
     if len(data.calibration) == 0:
         raise QatError("no calibration images to train on")
     n_images = len(data.calibration)
