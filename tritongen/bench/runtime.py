@@ -92,9 +92,10 @@ def end_to_end(spec: ModelSpec, runner, image: bytes) -> Callable[[], object]:
 
 
 def runtime_pair(
-    label: str, fp32_runner, int8_runner, feed: str, sample: np.ndarray, runs: int, warmup: int
+    label: str, fp32_runner, int8_runner, feeds: dict[str, np.ndarray], runs: int, warmup: int
 ) -> tuple[float, float]:
-    return interleaved(lambda: fp32_runner.run({feed: sample}), lambda: int8_runner.run({feed: sample}), runs, warmup)
+    """``feeds``: every model input of one sample (a detector's image and scale_factor, ...)."""
+    return interleaved(lambda: fp32_runner.run(feeds), lambda: int8_runner.run(feeds), runs, warmup)
 
 
 def paddle_runners(fp32: ModelSpec, int8: ModelSpec) -> tuple[PaddleInferenceRunner, PaddleInferenceRunner]:
@@ -129,11 +130,10 @@ def run_benchmark(
     fp32 = load_model(source)
     report = BenchReport(cpu_info())
     report.notes.append(f"CPU: {report.cpu} — {report.cpu.int8_expectation()}")
-    feed = fp32.image_input.name
     with tempfile.TemporaryDirectory(prefix="tritongen-bench-") as tmp:
         work = Path(tmp)
         q = quantize(fp32, calib_dir, work / "int8", method=method, algo=algo, step=step)
-        sample = q.data.holdout.tensors[0][None]
+        sample = q.data.holdout.batch([0])  # every feed of one held-out image
         image = q.data.holdout.paths[0].read_bytes()
         method_name = f"{method} ({q.settings.get('algo', 'ACT')})" if method == "ptq" else "qat (ACT distillation)"
         pairs = []
@@ -149,7 +149,7 @@ def run_benchmark(
         for backend, fp32_runner, int8_runner, fidelity in pairs:
             metric, value = fidelity.headline
             step(f"timing {backend}: FP32 vs INT8 runtime, {runs} interleaved runs each")
-            f_ms, i_ms = runtime_pair(backend, fp32_runner, int8_runner, feed, sample, runs, warmup)
+            f_ms, i_ms = runtime_pair(backend, fp32_runner, int8_runner, sample, runs, warmup)
             report.rows.append(BenchRow(fp32.name, fp32.family, backend, "runtime", f_ms, i_ms, value, metric, method_name))
             if end2end:
                 step(f"timing {backend}: FP32 vs INT8 end-to-end (decode, preprocess, model, postprocess)")
