@@ -210,20 +210,38 @@ def serve(
 @app.command()
 def infer(
     model: str = typer.Argument(..., help="Ensemble name."),
-    images: List[Path] = typer.Argument(..., help="Image files, sent as one batch."),
+    images: List[Path] = typer.Argument(..., help="Image files, sent in batches of at most the model's max_batch_size."),
     url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds to wait for each answer."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Retries while the server is unavailable (exponential backoff)."),
+    retry_delay: float = typer.Option(0.5, "--retry-delay", min=0.0, help="Seconds before the first retry (doubled after each)."),
+    shared_memory: str = typer.Option("none", "--shared-memory", help="system: images and fixed-size outputs through "
+                                                                      "POSIX shared memory (server on this host) | none."),
+    compression: str = typer.Option("none", "--compression", help="Request compression: none | gzip."),
+    ssl: bool = typer.Option(False, "--ssl", help="TLS to the server (implied by the certificate options)."),
+    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="PEM file of the CAs to trust."),
+    private_key: Optional[Path] = typer.Option(None, "--private-key", help="PEM file of the client's private key (mutual TLS)."),
+    certificate_chain: Optional[Path] = typer.Option(None, "--certificate-chain",
+                                                     help="PEM file of the client's certificate chain (mutual TLS)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Write the image with boxes / mask / label drawn (OUT.png; "
                                                             "several images: OUT_0.png, OUT_1.png, ...)."),
 ) -> None:
     """Run a served ensemble (classification, detection or segmentation) on images and print the results."""
     import json
+    import os
 
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
     from .client import client_for
     from .client.base import read_image_bytes
 
-    with client_for(model, url=url, timeout=timeout) as client:
+    if shared_memory not in ("none", "system"):
+        raise TritongenError(f"--shared-memory must be system or none, not {shared_memory!r}")
+    if compression not in ("none", "gzip"):
+        raise TritongenError(f"--compression must be none or gzip, not {compression!r}")
+    options = dict(retries=retries, retry_delay=retry_delay, shared_memory=shared_memory, compression=compression, ssl=ssl,
+                   root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain)
+    with client_for(model, url=url, timeout=timeout, **options) as client:
         results = client.run(images)
     if draw is not None:
         from .processing.image import decode_image

@@ -1,30 +1,26 @@
-"""Client SDK: call tritongen ensembles over gRPC and get typed results."""
+"""Client SDK: call tritongen ensembles over gRPC (sync or asyncio) and get typed results."""
 from ..results import Classification, Detection, Segmentation
+from .aio import AsyncTritonClient, async_client_for
 from .base import TritonClient, read_image_bytes
-from .classification import ClassificationClient
-from .detection import DetectionClient
-from .segmentation import SegmentationClient
+from .classification import AsyncClassificationClient, ClassificationClient
+from .detection import AsyncDetectionClient, DetectionClient
+from .options import DEFAULT_URL, ClientOptions
+from .segmentation import AsyncSegmentationClient, SegmentationClient
+from .tasks import TASKS, Task, task_of
 
 __all__ = [
-    "TritonClient", "read_image_bytes", "client_for",
+    "TritonClient", "AsyncTritonClient", "ClientOptions", "read_image_bytes", "client_for", "async_client_for",
     "ClassificationClient", "DetectionClient", "SegmentationClient",
-    "Classification", "Detection", "Segmentation",
+    "AsyncClassificationClient", "AsyncDetectionClient", "AsyncSegmentationClient",
+    "Classification", "Detection", "Segmentation", "Task", "TASKS", "task_of",
 ]
 
-# Which task an ensemble serves, recognised by the result tensor only that task has.
-_TASK_CLIENTS = (("NUM_DETECTIONS", DetectionClient), ("LABEL_MAP", SegmentationClient), ("LABEL_IDS", ClassificationClient))
 
-
-def client_for(model: str, url: str = "127.0.0.1:8001", timeout: float = 30.0) -> TritonClient:
-    """The task client that fits ``model``, told apart by its outputs in the model metadata."""
-    from ..errors import ClientError
-
-    probe = TritonClient(model, url=url, timeout=timeout)
-    try:
-        outputs = {o.name for o in probe.metadata().outputs}
-    finally:
-        probe.close()
-    for marker, cls in _TASK_CLIENTS:
-        if marker in outputs:
-            return cls(model, url=url, timeout=timeout)
-    raise ClientError(f"model {model!r} is not a tritongen ensemble (outputs {sorted(outputs)})")
+def client_for(model: str, url: str = DEFAULT_URL, timeout: float = 30.0, **options) -> TritonClient:
+    """The task client that fits ``model``, told apart by the outputs in its config.
+    ``options``: the fields of ``ClientOptions`` (retries, compression, shared_memory, TLS, ...)."""
+    with TritonClient(model, url=url, timeout=timeout, **{**options, "shared_memory": "none"}) as probe:
+        info = probe._run(probe._model_info_plan())
+    client = TritonClient.for_task(task_of(model, info.outputs))(model, url=url, timeout=timeout, **options)
+    client._info = info
+    return client

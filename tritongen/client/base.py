@@ -1,78 +1,85 @@
-"""gRPC plumbing shared by the task clients: connection, encoded-image inputs, errors."""
+"""The synchronous gRPC client: runs the shared plans (``core.py``) with ``tritonclient.grpc``."""
 from __future__ import annotations
 
-from pathlib import Path
+import time
 from typing import Sequence
 
 import numpy as np
 
-import tritongen  # noqa: F401  (loads zlib before paddle can shadow it; tritonclient.grpc needs it)
-
 from ..errors import ClientError
+from .core import ClientCore, ImageSource, merge_requests, read_image_bytes
+from .options import DEFAULT_URL
+from .plans import Call, Plan, Sleep, Step
 
-ImageSource = bytes | str | Path
-
-
-def read_image_bytes(image: ImageSource) -> bytes:
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    path = Path(image)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ClientError(f"cannot read image {path}: {exc.strerror or exc}") from None
+__all__ = ["TritonClient", "ImageSource", "read_image_bytes"]
 
 
-class TritonClient:
-    """A connection to one model on a Triton server (gRPC)."""
+class TritonClient(ClientCore):
+    """A connection to one model on a Triton server (gRPC). Thread-safe."""
 
-    def __init__(self, model: str, url: str = "127.0.0.1:8001", timeout: float = 30.0, verbose: bool = False):
+    _clients: dict[str, type] = {}
+
+    def __init__(self, model: str, url: str = DEFAULT_URL, timeout: float = 30.0, verbose: bool = False, **options):
+        super().__init__(model, url=url, timeout=timeout, verbose=verbose, **options)
         import tritonclient.grpc as grpcclient
 
-        self.model = model
-        self.url = url
-        self.timeout = timeout
         try:
-            self._client = grpcclient.InferenceServerClient(url=url, verbose=verbose)
-        except Exception as exc:  # tritonclient raises plain exceptions for malformed URLs
-            raise ClientError(f"cannot create a gRPC client for {url!r}: {exc}") from None
-        self._grpc = grpcclient
+            self._client = grpcclient.InferenceServerClient(**self.options.connection())
+        except Exception as exc:  # tritonclient raises plain exceptions for malformed URLs / unreadable PEM files
+            self._closed = True
+            if self._shm is not None:
+                self._shm.destroy_all()
+            raise ClientError(f"cannot create a gRPC client for {self.url!r}: {exc}") from None
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        from tritonclient.utils import InferenceServerException
+    # --------------------------------------------------------------------- the driver
 
+    def _run(self, plan: Plan):
+        reply, error = None, None
         try:
-            return fn(*args, **kwargs)
-        except InferenceServerException as exc:
-            status = exc.status() or ""
-            if "UNAVAILABLE" in status or "failed to connect" in (exc.message() or "").lower():
-                raise ClientError(f"cannot reach Triton at {self.url}: is the server running? ({exc.message()})") from None
-            if "DEADLINE_EXCEEDED" in status:
-                raise ClientError(f"{what}: no answer from {self.url} within {self.timeout:g}s") from None
-            raise ClientError(f"{what}: {exc.message()}") from None
+            while True:
+                try:
+                    step = plan.throw(error) if error is not None else plan.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply, error = None, None
+                try:
+                    reply = self._perform(step)
+                except Exception as exc:  # back into the plan, which translates and retries
+                    error = exc
+        finally:
+            plan.close()
+
+    def _perform(self, step: Step):
+        if isinstance(step, Call):
+            return getattr(self._client, step.method)(*step.args, **step.kwargs)
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            return None
+        return [self._run(plan) for plan in step.plans]  # Gather: one request after another
+
+    # ---------------------------------------------------------------------- the API
 
     def metadata(self):
-        return self._call(f"model {self.model!r}", self._client.get_model_metadata, self.model, client_timeout=self.timeout)
+        return self._run(self._metadata_plan())
 
     def is_ready(self) -> bool:
-        return bool(self._call("health check", self._client.is_model_ready, self.model, client_timeout=self.timeout))
+        return self._run(self._ready_plan())
 
     def infer_images(self, images: Sequence[ImageSource], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """One request carrying all ``images`` as a batch of encoded bytes."""
-        if not images:
-            raise ClientError("no images given")
-        batch = np.array([[read_image_bytes(i)] for i in images], dtype=np.object_)
-        tensor = self._grpc.InferInput("IMAGE", list(batch.shape), "BYTES")
-        tensor.set_data_from_numpy(batch)
-        requested = [self._grpc.InferRequestedOutput(name) for name in outputs]
-        result = self._call(
-            f"inference on {self.model!r}", self._client.infer, self.model, [tensor], outputs=requested,
-            client_timeout=self.timeout,
-        )
-        return {name: result.as_numpy(name) for name in outputs}
+        """``outputs`` for ``images`` as batch arrays; sent in requests of at most
+        ``max_batch_size`` images."""
+        return merge_requests(self._run(self._infer_plan(images, outputs)))
+
+    def run(self, images: Sequence[ImageSource]) -> list:
+        """The task's typed results, one per image (what ``tritongen infer`` calls)."""
+        return self._run(self._task_plan(images))
 
     def close(self) -> None:
-        self._client.close()
+        """Unregister and unlink the shared-memory regions, close the channel. Idempotent."""
+        try:
+            self._run(self._close_plan())
+        finally:
+            self._client.close()
 
     def __enter__(self):
         return self

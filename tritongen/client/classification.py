@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import ClientError
 from ..results import Classification
+from .aio import AsyncTritonClient
 from .base import ImageSource, TritonClient
+from .tasks import CLASSIFICATION
 
 
 class ClassificationClient(TritonClient):
-    def classify(self, images: Sequence[ImageSource]) -> list[Classification]:
-        """Top-k for each image, sent together as one batched request."""
-        outputs = [o.name for o in self.metadata().outputs]
-        missing = {"LABEL_IDS", "SCORES"} - set(outputs)
-        if missing:
-            raise ClientError(f"model {self.model!r} is not a tritongen classifier (outputs {outputs})")
-        wanted = [n for n in ("LABEL_IDS", "SCORES", "LABELS") if n in outputs]
-        return Classification.batch_from_outputs(self.infer_images(images, wanted))
+    task = CLASSIFICATION
 
-    run = classify  # the task-independent name `tritongen infer` calls
+    def classify(self, images: Sequence[ImageSource]) -> list[Classification]:
+        """Top-k for each image; batched, in requests of at most max_batch_size images."""
+        return self.run(images)
+
+
+class AsyncClassificationClient(AsyncTritonClient):
+    task = CLASSIFICATION
+
+    async def classify(self, images: Sequence[ImageSource]) -> list[Classification]:
+        """Top-k for each image; requests of at most max_batch_size images, sent concurrently."""
+        return await self.run(images)

@@ -3,21 +3,25 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import ClientError
 from ..results import Detection
+from .aio import AsyncTritonClient
 from .base import ImageSource, TritonClient
+from .tasks import DETECTION
 
-REQUIRED = ("NUM_DETECTIONS", "BOXES", "SCORES", "LABEL_IDS")
+REQUIRED = DETECTION.required
 
 
 class DetectionClient(TritonClient):
-    def detect(self, images: Sequence[ImageSource]) -> list[Detection]:
-        """Detections for each image, sent together as one batched request."""
-        outputs = [o.name for o in self.metadata().outputs]
-        missing = set(REQUIRED) - set(outputs)
-        if missing:
-            raise ClientError(f"model {self.model!r} is not a tritongen detector (outputs {outputs})")
-        wanted = [*REQUIRED, *(["LABELS"] if "LABELS" in outputs else [])]
-        return Detection.batch_from_outputs(self.infer_images(images, wanted))
+    task = DETECTION
 
-    run = detect  # the task-independent name `tritongen infer` calls
+    def detect(self, images: Sequence[ImageSource]) -> list[Detection]:
+        """Detections for each image; batched, in requests of at most max_batch_size images."""
+        return self.run(images)
+
+
+class AsyncDetectionClient(AsyncTritonClient):
+    task = DETECTION
+
+    async def detect(self, images: Sequence[ImageSource]) -> list[Detection]:
+        """Detections for each image; requests of at most max_batch_size images, sent concurrently."""
+        return await self.run(images)

@@ -3,19 +3,25 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import ClientError
 from ..results import Segmentation
+from .aio import AsyncTritonClient
 from .base import ImageSource, TritonClient
+from .tasks import SEGMENTATION
 
-OUTPUTS = ("LABEL_MAP", "IMAGE_SIZE")
+OUTPUTS = SEGMENTATION.required
 
 
 class SegmentationClient(TritonClient):
-    def segment(self, images: Sequence[ImageSource]) -> list[Segmentation]:
-        """A label map at each image's own size, the images sent together as one batched request."""
-        outputs = [o.name for o in self.metadata().outputs]
-        if set(OUTPUTS) - set(outputs):
-            raise ClientError(f"model {self.model!r} is not a tritongen segmenter (outputs {outputs})")
-        return Segmentation.batch_from_outputs(self.infer_images(images, list(OUTPUTS)))
+    task = SEGMENTATION
 
-    run = segment  # the task-independent name `tritongen infer` calls
+    def segment(self, images: Sequence[ImageSource]) -> list[Segmentation]:
+        """A label map at each image's own size; batched, in requests of at most max_batch_size images."""
+        return self.run(images)
+
+
+class AsyncSegmentationClient(AsyncTritonClient):
+    task = SEGMENTATION
+
+    async def segment(self, images: Sequence[ImageSource]) -> list[Segmentation]:
+        """A label map at each image's own size; requests of at most max_batch_size images, sent concurrently."""
+        return await self.run(images)
