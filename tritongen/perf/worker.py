@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 DELAY_TOLERANCE_NS = 1_000_000
+STOP_WAIT_S = 10.0  # how long a stopping worker waits for answers still in flight
 SCHEDULE_BLOCK = 4096  # send times generated per block (open loop)
 # Record columns: start, end, client send (marshal), client recv (unmarshal), response wait, delayed
 RECORD_FIELDS = ("start_ns", "end_ns", "send_ns", "recv_ns", "wait_ns", "delayed")
@@ -115,7 +116,7 @@ class _Worker:
                     break
         finally:
             self.generation += 1  # no new sends; let answers arrive rather than abandon requests
-            deadline = time.monotonic() + self.spec.timeout_s
+            deadline = time.monotonic() + min(self.spec.timeout_s, STOP_WAIT_S)
             while self.outstanding > 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             self.client.close()
