@@ -156,8 +156,8 @@ def test_ensemble_breakdown_fits_inside_client_latency(perf_server, photos, tmp_
     assert all(v > 0 for v in (parts["compute_infer"],)), parts
     assert sum(parts.values()) <= status.avg_latency_ns / 1000  # server-side pieces sum to at most the client latency
     assert status.model_stats.counts["success"] >= status.request_count - 4  # the server saw the same requests
-    for name in run.info.composing:  # every step ran every request
-        assert status.server[name].counts["success"] == status.model_stats.counts["success"]
+    for name in run.info.composing:  # every step ran every request (up to the 2 in flight at a snapshot)
+        assert abs(status.server[name].counts["success"] - status.model_stats.counts["success"]) <= 2
     from tritongen.perf import report
 
     files = report.write_csv(tmp_path / "ens.csv", run.results, run.info)
