@@ -40,8 +40,11 @@ nms = [op for op in block.ops if op.type == args["op"]]
 if len(nms) != 1:
     sys.exit(f"expected one {args['op']} op, found {len(nms)}")
 boxes, scores = nms[0].input("BBoxes")[0], nms[0].input("Scores")[0]
-paddle.static.save_inference_model(args["out"], [block.var(n) for n in feed_names], [block.var(boxes), block.var(scores)],
-                                   exe, program=program)
+# save_inference_model names its fetch ops save_infer_model/scale_N, which the export already
+# uses: a name prefix keeps the new ones apart.
+with paddle.utils.unique_name.guard("nms_cut_"):
+    paddle.static.save_inference_model(args["out"], [block.var(n) for n in feed_names],
+                                       [block.var(boxes), block.var(scores)], exe, program=program)
 print(json.dumps({"boxes": boxes, "scores": scores}))
 """
 

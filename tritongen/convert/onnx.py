@@ -14,8 +14,12 @@ from ..intake.spec import ModelSpec
 from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 
 DEFAULT_OPSET = 13
-# FP32 ONNX Runtime vs Paddle Inference on the same input: kernels differ, results should not.
-VALIDATION_ATOL = 1e-4
+# FP32 ONNX Runtime vs Paddle Inference on the same input, as a fraction of the output's
+# magnitude: kernel libraries differ by ~1e-4 of it in deep networks (PP-YOLOE, BiSeNetV2);
+# a wrong conversion is off by far more.
+VALIDATION_ATOL = 1e-3
+# Label maps (argmax inside the graph): a near-tie may flip a pixel, a wrong conversion flips many.
+LABEL_AGREEMENT = 0.999
 
 # paddle2onnx is a C++ extension that may abort() the process on an unsupported graph, so it
 # runs in a child process whose failure becomes a ConversionError instead of killing us.
@@ -60,12 +64,71 @@ def paddle_to_onnx(spec: ModelSpec, out_path: Path, opset: int = DEFAULT_OPSET, 
     if result.input_names != expected_in:
         raise ConversionError(f"ONNX inputs {result.input_names} differ from the Paddle feeds {expected_in}")
     if validate:
-        result.validation = compare_with_paddle(spec, out_path)
+        if spec.postprocess.get("nms_in_graph"):
+            result.validation = _compare_nms_graph(spec, out_path, opset)
+        else:
+            result.validation = compare_with_paddle(spec, out_path)
     return result
 
 
+def _compare_nms_graph(spec: ModelSpec, onnx_path: Path, opset: int) -> dict[str, float]:
+    """A graph ending in multiclass_nms3: ONNX's NonMaxSuppression orders tied scores its own
+    way, so the rows cannot be compared one to one. The network up to NMS is what conversion
+    can get wrong: convert the graph cut before the op and compare that elementwise; of the
+    full graph, check that it runs and returns well-formed rows and counts."""
+    import tempfile
+
+    from .nms import cut_nms
+
+    with tempfile.TemporaryDirectory(prefix="tritongen-nms-check-") as tmp:
+        cut = cut_nms(spec, Path(tmp) / "cut")
+        diffs = paddle_to_onnx(cut, Path(tmp) / "cut.onnx", opset=opset).validation
+    rows, counts = (OnnxRuntimeRunner(onnx_path).run(sample_inputs(spec, batch=1))[t.name] for t in spec.outputs)
+    if rows.ndim != 2 or rows.shape[-1] != 6 or int(np.sum(counts)) != len(rows):
+        raise ConversionError(f"{onnx_path.name}: the NMS outputs are malformed (rows {rows.shape}, counts {counts.tolist()})")
+    return {f"{name} (before NMS)": value for name, value in diffs.items()}
+
+
+def synthetic_photo(height: int = 360, width: int = 480, seed: int = 0) -> np.ndarray:
+    """A photo-like BGR image: smooth colour gradients with a few filled shapes and mild noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([
+        128 + 100 * np.sin(x / width * np.pi * (1 + c) + rng.uniform(0, np.pi)) * np.cos(y / height * np.pi * (1 + c) / 2)
+        for c in range(3)], axis=-1)
+    for _ in range(6):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            cv2.circle(image, centre, int(rng.integers(10, min(height, width) // 3)), colour, -1)
+        else:
+            size = rng.integers(20, min(height, width) // 2, 2)
+            cv2.rectangle(image, centre, (centre[0] + int(size[0]), centre[1] + int(size[1])), colour, -1)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def sample_inputs(spec: ModelSpec, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs in the range preprocessing produces (roughly standardised)."""
+    """Feeds of ``batch`` synthetic photo-like images run through the model's own preprocessing.
+
+    Inputs in the range real images give: white noise drives deep networks (random-weight
+    benchmark exports especially) into saturated regimes where correct FP32 kernels differ
+    by more than any sensible tolerance. Models whose preprocessing cannot run here get
+    standard-normal tensors.
+    """
+    import cv2
+
+    from ..processing.pipeline import Preprocessor
+
+    try:
+        preprocess = Preprocessor(spec.pipeline_config())
+        images = [cv2.imencode(".png", synthetic_photo(seed=seed + i))[1].tobytes() for i in range(batch)]
+        batch_feeds = preprocess(images)
+        return {name: batch_feeds[name] for name in spec.feeds or {spec.image_input.name: "image"}}
+    except Exception:  # noqa: BLE001  (e.g. a pipeline that needs a label file): fall back to noise
+        pass
     rng = np.random.default_rng(seed)
     shape = [batch, *spec.preprocessed_shape]
     if any(d < 0 for d in shape):  # image-dependent size: use the declared size or a square guess
@@ -92,9 +155,16 @@ def compare_with_paddle(spec: ModelSpec, onnx_path: Path, atol: float = VALIDATI
         if got is None or got.shape != ref.shape:
             problems.append(f"{name}: shape {None if got is None else got.shape} vs Paddle {ref.shape}")
             continue
+        if np.issubdtype(ref.dtype, np.integer) and ref.ndim >= 3:
+            agreement = float(np.mean(got == ref)) if ref.size else 1.0
+            diffs[name] = 1.0 - agreement  # fraction of label pixels that differ
+            if agreement < LABEL_AGREEMENT:
+                problems.append(f"{name}: {100 * agreement:.2f} % of labels equal < {100 * LABEL_AGREEMENT:g} %")
+            continue
         diffs[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
-        if diffs[name] > atol * max(1.0, float(np.max(np.abs(ref), initial=0.0))):
-            problems.append(f"{name}: max abs diff {diffs[name]:.3g} > {atol:g}")
+        limit = atol * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+        if diffs[name] > limit:
+            problems.append(f"{name}: max abs diff {diffs[name]:.3g} > {limit:.3g}")
     if problems:
         raise ConversionError(f"{onnx_path.name} disagrees with Paddle Inference: " + "; ".join(problems))
     return diffs
