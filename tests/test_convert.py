@@ -59,3 +59,22 @@ def test_paddle2onnx_failure_is_a_clear_error(clas_export, tmp_path):
     spec.params_file = broken
     with pytest.raises(ConversionError, match="paddle2onnx failed"):
         paddle_to_onnx(spec, tmp_path / "x.onnx")
+
+
+def test_onnx_runtime_load_failure_is_a_conversion_error(tmp_path):
+    """paddle2onnx writes AveragePool with stride 0 for adaptive pooling over unknown H, W (PP-LiteSeg
+    exported with a dynamic input): a clear error with the re-export hint, not an onnxruntime traceback."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tritongen.convert.onnx import _run_onnx
+    from tritongen.errors import ConversionError
+
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[0, 0])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    with pytest.raises(ConversionError, match="ONNX Runtime cannot run bad.onnx.*--input_shape"):
+        _run_onnx(path, {"x": np.zeros((1, 1, 4, 4), np.float32)})

@@ -109,7 +109,7 @@ def paddle_nms(boxes, scores, nms):
         with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
             b = paddle.static.data("b", [None, boxes.shape[1], 4], "float32")
             s = paddle.static.data("s", [None, scores.shape[1], scores.shape[2]], "float32")
-            out, num = _multiclass_nms3(b, s, **{k: nms[k] for k in PPYOLOE_NMS})
+            out, num = _multiclass_nms3(b, s, **{k: nms[k] for k in PPYOLOE_NMS}, normalized=nms.get("normalized", False))
         exe = paddle.static.Executor(paddle.CPUPlace())
         rows, counts = exe.run(main, feed={"b": boxes.astype(np.float32), "s": scores.astype(np.float32)},
                                fetch_list=[out, num])
@@ -131,7 +131,8 @@ def reference_detection(export: Path, image_path, threshold=0.5, k=100) -> np.nd
         rows = first if first.shape[-1] == 6 else np.zeros((0, 6), np.float32)
     else:
         section = cfg.get("NMS") or {}  # exports without NMS: the yaml's settings, else PP-YOLOE's
-        rows, _ = paddle_nms(first, second, {k: section.get(k, v) for k, v in PPYOLOE_NMS.items()})
+        nms = {k: section.get(k, v) for k, v in PPYOLOE_NMS.items()}
+        rows, _ = paddle_nms(first, second, {**nms, "normalized": section.get("normalized", True)})  # ppdet's default
     rows = rows[rows[:, 1] >= threshold]
     return rows[np.argsort(-rows[:, 1], kind="stable")][:k]
 
@@ -237,6 +238,7 @@ def test_intake_reads_infer_cfg(exports):
     assert spec.labels == ["red", "green", "blue", "yellow"] and spec.postprocess["score_threshold"] == 0.5
     raw = load_model(exports["raw_yolo"], score_threshold=0.3, max_detections=7)
     assert not raw.postprocess["nms_in_graph"] and raw.postprocess["nms"]["nms_top_k"] == 1000
+    assert raw.postprocess["nms"]["normalized"] is True  # ppdet MultiClassNMS default when the yaml has no NMS section
     assert raw.postprocess["score_threshold"] == 0.3 and raw.postprocess["max_detections"] == 7
     lb = load_model(exports["nms_lb"])
     assert lb.feeds == {"im_shape": "im_shape", "image": "image", "scale_factor": "scale_factor"}

@@ -244,7 +244,7 @@ def _build_detector(paddle, main, startup, hw, protos, pix_scale, pix_shift, rng
     return feeds, fetches
 
 
-def _multiclass_nms3(bboxes, scores, *, score_threshold, nms_top_k, keep_top_k, nms_threshold):
+def _multiclass_nms3(bboxes, scores, *, score_threshold, nms_top_k, keep_top_k, nms_threshold, normalized=False):
     """The static-graph branch of ``ppdet.modeling.ops.multiclass_nms`` (paddle 2.6 has no
     public multiclass_nms API) as ``MultiClassNMS.__call__`` calls it for PP-YOLOE."""
     from paddle.base.layer_helper import LayerHelper
@@ -257,7 +257,7 @@ def _multiclass_nms3(bboxes, scores, *, score_threshold, nms_top_k, keep_top_k, 
         type="multiclass_nms3",
         inputs={"BBoxes": bboxes, "Scores": scores},
         attrs={"background_label": -1, "score_threshold": score_threshold, "nms_top_k": nms_top_k,
-               "nms_threshold": nms_threshold, "keep_top_k": keep_top_k, "nms_eta": 1.0, "normalized": False},
+               "nms_threshold": nms_threshold, "keep_top_k": keep_top_k, "nms_eta": 1.0, "normalized": normalized},
         outputs={"Out": output, "Index": index, "NmsRoisNum": rois_num},
     )
     output.stop_gradient = index.stop_gradient = rois_num.stop_gradient = True

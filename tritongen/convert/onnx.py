@@ -83,7 +83,8 @@ def _compare_nms_graph(spec: ModelSpec, onnx_path: Path, opset: int) -> dict[str
     with tempfile.TemporaryDirectory(prefix="tritongen-nms-check-") as tmp:
         cut = cut_nms(spec, Path(tmp) / "cut")
         diffs = paddle_to_onnx(cut, Path(tmp) / "cut.onnx", opset=opset).validation
-    rows, counts = (OnnxRuntimeRunner(onnx_path).run(sample_inputs(spec, batch=1))[t.name] for t in spec.outputs)
+    outputs = _run_onnx(onnx_path, sample_inputs(spec, batch=1))
+    rows, counts = (outputs[t.name] for t in spec.outputs)
     if rows.ndim != 2 or rows.shape[-1] != 6 or int(np.sum(counts)) != len(rows):
         raise ConversionError(f"{onnx_path.name}: the NMS outputs are malformed (rows {rows.shape}, counts {counts.tolist()})")
     return {f"{name} (before NMS)": value for name, value in diffs.items()}
@@ -143,11 +144,24 @@ def sample_inputs(spec: ModelSpec, batch: int = 2, seed: int = 0) -> dict[str, n
     return feeds
 
 
+def _run_onnx(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ONNX Runtime on ``feeds``; a model it cannot load or run is a conversion failure."""
+    try:
+        return OnnxRuntimeRunner(onnx_path).run(feeds)
+    except Exception as exc:  # noqa: BLE001  onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        if "strides" in first or "ShapeInferenceError" in first:  # e.g. adaptive pooling over unknown H, W
+            hint = (". paddle2onnx could not express an op for image-dependent input sizes: re-export the model "
+                    "with a fixed input shape (PaddleSeg: tools/export.py --input_shape -1 3 H W)")
+        raise ConversionError(f"ONNX Runtime cannot run {onnx_path.name} converted by paddle2onnx: {first}{hint}") from None
+
+
 def compare_with_paddle(spec: ModelSpec, onnx_path: Path, atol: float = VALIDATION_ATOL) -> dict[str, float]:
     # paddle2onnx's NonMaxSuppression runs one image at a time
     feeds = sample_inputs(spec, batch=1 if spec.postprocess.get("nms_in_graph") else 2)
     expected = PaddleInferenceRunner(spec.model_file, spec.params_file).run(feeds)
-    actual = OnnxRuntimeRunner(onnx_path).run(feeds)
+    actual = _run_onnx(onnx_path, feeds)
     diffs: dict[str, float] = {}
     problems = []
     for name, ref in expected.items():

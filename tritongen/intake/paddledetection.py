@@ -158,7 +158,7 @@ class PaddleDetection(Family):
                 nms[key] = get_key(cfg, f"NMS.{key}", config_file, kind)
         if section.get("nms_eta", 1.0) != 1.0:
             raise IntakeError(f"{config_file}: key 'NMS.nms_eta' must be 1.0 (adaptive NMS is not supported)")
-        nms.setdefault("normalized", False)
+        nms.setdefault("normalized", True)  # ppdet's MultiClassNMS default; PP-YOLOE's configs keep it
         nms.setdefault("background_label", -1)
         if not 0.0 <= float(nms["nms_threshold"]) <= 1.0:
             raise IntakeError(f"{config_file}: key 'NMS.nms_threshold' must be within [0, 1], got {nms['nms_threshold']}")
