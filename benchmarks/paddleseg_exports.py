@@ -45,6 +45,8 @@ import cv2
 import numpy as np
 import yaml
 
+from paddledet_exports import photo_paths  # noqa: E402  (this folder is on sys.path: run as a script or from run_detseg.py)
+
 NUM_CLASSES = 19  # Cityscapes
 TARGET_SIZE = [1024, 512]  # PaddleSeg Resize target_size: (width, height)
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # PaddleSeg Normalize defaults
@@ -64,19 +66,6 @@ def _bisenetv2():
 
 
 ARCHS = {"pp_liteseg_t": _pp_liteseg_t, "bisenetv2": _bisenetv2}
-
-
-def photo_paths() -> list[Path]:
-    """skimage's sample photos (the test extra installs scikit-image)."""
-    import skimage.data
-
-    root = Path(skimage.data.__file__).parent
-    paths = []
-    for p in sorted([*root.glob("*.png"), *root.glob("*.jpg")]):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is not None and min(img.shape[:2]) >= 64:
-            paths.append(p)
-    return paths
 
 
 def photos(target_size=TARGET_SIZE) -> np.ndarray:
