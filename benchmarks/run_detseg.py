@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,29 +291,8 @@ def _ppdet_rows(export: Path, photo: Path, spec_nms: dict) -> np.ndarray:
     first, second = (runner.run(feeds)[n] for n in runner.output_names)
     if first.ndim == 2:
         return first.reshape(-1, 6)
-    return _paddle_nms(first, second, {k: v for k, v in cfg["NMS"].items() if k != "name"})
-
-
-def _paddle_nms(boxes: np.ndarray, scores: np.ndarray, nms: dict) -> np.ndarray:
-    import paddle
-    from paddle.base.layer_helper import LayerHelper
-
-    paddle.enable_static()
-    try:
-        main, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
-            b = paddle.static.data("b", [None, boxes.shape[1], 4], "float32")
-            s = paddle.static.data("s", [None, scores.shape[1], scores.shape[2]], "float32")
-            helper = LayerHelper("multiclass_nms3")
-            out = helper.create_variable_for_type_inference("float32")
-            idx, num = (helper.create_variable_for_type_inference("int32") for _ in range(2))
-            helper.append_op(type="multiclass_nms3", inputs={"BBoxes": b, "Scores": s},
-                             attrs={"background_label": -1, "nms_eta": 1.0, **nms},
-                             outputs={"Out": out, "Index": idx, "NmsRoisNum": num})
-        rows, = paddle.static.Executor(paddle.CPUPlace()).run(main, feed={"b": boxes, "s": scores}, fetch_list=[out])
-    finally:
-        paddle.disable_static()
-    return np.asarray(rows).reshape(-1, 6)
+    rows, _ = ppdet_oracle.paddle_nms(first, second, cfg["NMS"])
+    return rows.reshape(-1, 6)
 
 
 def _match(got, rows: np.ndarray) -> tuple[int, int, float]:
@@ -361,29 +339,14 @@ def detection_check(export: Path, photos: list[Path], onnx: Path | None) -> list
     return lines
 
 
-def _paddleseg():
-    """(paddleseg.transforms.transforms, paddleseg.core.infer) without paddleseg/__init__, as the tests load them."""
-    import importlib.util
-
-    if "paddleseg.core.infer" not in sys.modules:
-        root = list(importlib.util.find_spec("paddleseg").submodule_search_locations)[0]
-        for name in ("paddleseg", "paddleseg.cvlibs", "paddleseg.transforms", "paddleseg.utils", "paddleseg.core"):
-            if name not in sys.modules:
-                module = types.ModuleType(name)
-                module.__path__ = [root + name[len("paddleseg"):].replace(".", "/")]
-                sys.modules[name] = module
-    import paddleseg.core.infer as infer
-    import paddleseg.transforms.transforms as T
-
-    return T, infer
-
-
 def _paddleseg_label_map(export: Path, photo: Path) -> np.ndarray:
     import paddle
 
     from tritongen.processing.runners import PaddleInferenceRunner
 
-    T, infer = _paddleseg()
+    from tests import paddleseg_oracle
+
+    T, infer = paddleseg_oracle.load()
     deploy = yaml.safe_load((export / "deploy.yaml").read_text())["Deploy"]
     ops = [getattr(T, t.pop("type"))(**t) for t in copy.deepcopy(deploy["transforms"])]
     data = T.Compose(ops)({"img": str(photo)})

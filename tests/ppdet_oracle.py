@@ -66,3 +66,28 @@ def load():
         sys.modules.update({k: v for k, v in saved.items() if v is not None})
     _MODULE = mod
     return mod
+
+
+def paddle_nms(boxes, scores, nms: dict):
+    """Paddle's own multiclass_nms3 op (as ppdet's MultiClassNMS calls it) on raw boxes [N, A, 4] /
+    scores [N, C, A] -> (rows [M, 6], per-image counts). ``nms``: score_threshold, nms_top_k,
+    keep_top_k, nms_threshold and optionally normalized (default False)."""
+    import numpy as np
+    import paddle
+
+    from tritongen.demo_exports import _multiclass_nms3
+
+    keys = ("score_threshold", "nms_top_k", "keep_top_k", "nms_threshold", "normalized")
+    paddle.enable_static()
+    try:
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+            b = paddle.static.data("b", [None, boxes.shape[1], 4], "float32")
+            s = paddle.static.data("s", [None, scores.shape[1], scores.shape[2]], "float32")
+            out, num = _multiclass_nms3(b, s, **{k: nms[k] for k in keys if k in nms})
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        rows, counts = exe.run(main, feed={"b": boxes.astype(np.float32), "s": scores.astype(np.float32)},
+                               fetch_list=[out, num])
+    finally:
+        paddle.disable_static()
+    return np.asarray(rows), np.asarray(counts)

@@ -19,7 +19,7 @@ import tritongen  # noqa: F401
 from tritongen.build import build
 from tritongen.client import Detection, DetectionClient
 from tritongen.convert.nms import cut_nms
-from tritongen.demo_exports import PPYOLOE_NMS, _multiclass_nms3, make_detector
+from tritongen.demo_exports import PPYOLOE_NMS, make_detector
 from tritongen.emit import plan_models
 from tritongen.emit.pbtxt import parse_config
 from tritongen.errors import EmitError, IntakeError
@@ -31,6 +31,7 @@ from tritongen.processing.pipeline import PipelineConfig
 from tritongen.processing.runners import PaddleInferenceRunner
 
 from . import ppdet_oracle
+from .ppdet_oracle import paddle_nms
 from .conftest import run_cli, start_serve_cli, stop_serve_cli
 
 # PaddleYOLO's YOLOv5 TestReader: keep-ratio resize, Pad to a square with 114, no mean/std.
@@ -97,25 +98,6 @@ def ppdet_preprocess(preprocess: list[dict], image_path) -> tuple[np.ndarray, di
                 sample["im_shape"] = np.array(sample["image"].shape[:2], np.float32)
     info = {"im_shape": np.asarray(sample["im_shape"], np.float32), "scale_factor": np.asarray(sample["scale_factor"], np.float32)}
     return np.asarray(sample["image"], np.float32), info
-
-
-def paddle_nms(boxes, scores, nms):
-    """Paddle's own multiclass_nms3 op on raw boxes [N, A, 4] / scores [N, C, A]."""
-    import paddle
-
-    paddle.enable_static()
-    try:
-        main, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
-            b = paddle.static.data("b", [None, boxes.shape[1], 4], "float32")
-            s = paddle.static.data("s", [None, scores.shape[1], scores.shape[2]], "float32")
-            out, num = _multiclass_nms3(b, s, **{k: nms[k] for k in PPYOLOE_NMS}, normalized=nms.get("normalized", False))
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        rows, counts = exe.run(main, feed={"b": boxes.astype(np.float32), "s": scores.astype(np.float32)},
-                               fetch_list=[out, num])
-    finally:
-        paddle.disable_static()
-    return np.asarray(rows), np.asarray(counts)
 
 
 def reference_detection(export: Path, image_path, threshold=0.5, k=100) -> np.ndarray:

@@ -9,9 +9,6 @@ package objects are created empty and only those modules load.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -26,6 +23,7 @@ from tritongen.processing.ops_paddleseg import trans_info
 from tritongen.processing.pipeline import PipelineConfig, postprocessor
 from tritongen.processing.runners import PaddleInferenceRunner
 
+from . import paddleseg_oracle
 from .conftest import run_cli, start_serve_cli, stop_serve_cli
 
 # Non-default deploy transforms: fixed non-square Resize (w, h) + custom mean/std.
@@ -43,20 +41,10 @@ PADDED_TRANSFORMS = [
 
 def oracle():
     """(paddleseg.transforms.transforms, paddleseg.core.infer) without paddleseg/__init__."""
-    if "paddleseg.core.infer" not in sys.modules:
-        spec = importlib.util.find_spec("paddleseg")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("paddleseg is not installed (pip install --no-deps paddleseg==2.8.0: the test oracle)")
-        root = list(spec.submodule_search_locations)[0]
-        for name in ("paddleseg", "paddleseg.cvlibs", "paddleseg.transforms", "paddleseg.utils", "paddleseg.core"):
-            if name not in sys.modules:
-                module = types.ModuleType(name)
-                module.__path__ = [root + name[len("paddleseg"):].replace(".", "/")]
-                sys.modules[name] = module
-    import paddleseg.core.infer as infer
-    import paddleseg.transforms.transforms as T
-
-    return T, infer
+    loaded = paddleseg_oracle.load()
+    if loaded is None:
+        pytest.skip("paddleseg is not installed (pip install --no-deps paddleseg==2.8.0: the test oracle)")
+    return loaded
 
 
 def paddleseg_compose(transforms):
