@@ -20,12 +20,10 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConversionError
-from ..intake.families import load_yaml
+from ..intake.families import copy_deploy_files, load_yaml
 from ..intake.paddledetection import NMS_OP, nms_op_attrs
 from ..intake.program import read_program
 from ..intake.spec import ModelSpec
-
-_MODEL_SUFFIXES = (".pdmodel", ".pdiparams", ".pdiparams.info")
 
 # Static-graph mode and the global scope are process-wide: prune in a child process.
 _PRUNE_SCRIPT = """
@@ -83,9 +81,7 @@ def cut_nms(spec: ModelSpec, out_dir: Path) -> ModelSpec:
             f"{list(scores.shape)}; only batched boxes [N, A, 4] + scores [N, C, A] (PP-YOLOE, PaddleYOLO) can run "
             "NMS outside the graph. Use --backend python-onnxruntime or python-paddle"
         )
-    for item in spec.source_dir.iterdir():  # infer_cfg.yml and label files travel along
-        if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES):
-            shutil.copy2(item, out_dir / item.name)
+    copy_deploy_files(spec.source_dir, out_dir)  # infer_cfg.yml and label files travel along
     nms = {
         # float32 attributes: 0.01 is stored as 0.0099999998; the rounded value is the same float32
         "score_threshold": round(float(attrs.get("score_threshold", 0.0)), 7),

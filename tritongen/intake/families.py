@@ -107,6 +107,19 @@ def check_image_shape(config_file: Path, ops_key: str, model_file: Path, tensor:
         )
 
 
+MODEL_FILE_SUFFIXES = (".pdmodel", ".pdiparams", ".info")  # program, params, params info
+
+
+def copy_deploy_files(source_dir: Path, dest: Path, exclude: tuple[str, ...] = ()) -> None:
+    """Copy an export's deploy yaml, label files, ... (everything but the model files and
+    ``exclude``) into ``dest``: a derived export travels with them (FastDeploy made users copy them)."""
+    import shutil
+
+    for item in source_dir.iterdir():
+        if item.is_file() and not item.name.endswith(MODEL_FILE_SUFFIXES) and item.name not in exclude:
+            shutil.copy2(item, dest / item.name)
+
+
 def find_model_files(directory: Path) -> tuple[Path, Path]:
     """The ``.pdmodel``/``.pdiparams`` pair of an export (inference.* or model.*)."""
     for stem in ("inference", "model"):

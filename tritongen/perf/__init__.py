@@ -82,12 +82,12 @@ def _connect(url: str, model: str, timeout_s: float):
             names = sorted(m.name for m in client.get_model_repository_index(client_timeout=timeout_s).models)
             raise PerfError(f"model {model!r} is not ready on {url} (models: {', '.join(names) or 'none'})")
         return client
-    except InferenceServerException as exc:
+    except InferenceServerException as exc:  # worded like the client SDK's errors
+        from ..client.options import ClientOptions
+        from ..client.plans import translate
+
         client.close()
-        status = exc.status() or ""
-        if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
-            raise PerfError(f"cannot reach Triton at {url}: is the server running? ({exc.message()})") from None
-        raise PerfError(f"{url}: {exc.message()}") from None
+        raise PerfError(str(translate(exc, url, ClientOptions(url=url, timeout=timeout_s))[0])) from None
     except PerfError:
         client.close()
         raise

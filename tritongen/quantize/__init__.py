@@ -18,13 +18,13 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..errors import TritongenError
 from ..intake import ModelSpec, load_model
+from ..intake.families import copy_deploy_files
 from ..processing.runners import PaddleInferenceRunner
 from .calibration import CalibrationData, CalibrationError, load_calibration
 from .fidelity import FIDELITY_FILE, FidelityError, FidelityReport, compare
 
 QUANT_FILE = "tritongen_quant.json"
 METHODS = ("ptq", "qat")
-_MODEL_SUFFIXES = (".pdmodel", ".pdiparams", ".info")
 
 __all__ = ["quantize", "QuantizedModel", "CalibrationError", "FidelityError", "METHODS"]
 
@@ -89,7 +89,7 @@ def quantize(
             config = load_act_config(act_config) if act_config else None
             settings = {"method": "qat", **quantize_qat(fp32, data, work, config=config, batch_size=batch_size,
                                                         train_iters=train_iters)}
-        _copy_deploy_files(fp32.source_dir, work)
+        copy_deploy_files(fp32.source_dir, work, exclude=(QUANT_FILE, FIDELITY_FILE))
         int8 = load_model(work)
         if not int8.is_quantized:
             raise TritongenError("the quantizer produced a program without quantize_linear ops")
@@ -111,10 +111,3 @@ def quantize(
         work.rename(output)
     spec = load_model(output)
     return QuantizedModel(output, spec, fp32, settings, data, report)
-
-
-def _copy_deploy_files(source_dir: Path, dest: Path) -> None:
-    """The deploy yaml, label files, ... travel with the quantized model (FastDeploy made users copy them)."""
-    for item in source_dir.iterdir():
-        if item.is_file() and not item.name.endswith(_MODEL_SUFFIXES) and item.name not in (QUANT_FILE, FIDELITY_FILE):
-            shutil.copy2(item, dest / item.name)
