@@ -16,8 +16,6 @@ core per load process). Everything shares this machine's cores, server included.
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  (before paddle)
-
 import argparse
 import json
 import subprocess
@@ -26,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import tritongen  # noqa: F401
+import tritongen  # noqa: F401  (first: it loads zlib before paddle)
 from tritongen.build import build
 from tritongen.demo import make_classifier
 from tritongen.perf import PerfSettings, run_perf
-from tritongen.perf.identity import write_identity_model
 from tritongen.serve.server import TritonServer, free_port
+from tritongen.testing.identity import write_identity_model
 
 # One process of the plain loop: send back to back for `seconds`, print how many came back.
 PLAIN_LOOP = r"""

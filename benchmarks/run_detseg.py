@@ -35,8 +35,6 @@ and PaddleSeg's transforms + Paddle Inference + argmax + ``reverse_transform``.
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  (before paddle)
-
 import argparse
 import copy
 import csv
@@ -151,8 +149,10 @@ class Row:
 def int8_rows(export: Path, calib: Path, runs: int, warmup: int, backends: tuple[str, ...]) -> list[Row]:
     """FP32 vs INT8 through tritongen's own benchmark (raises TritongenError where unsupported)."""
     from tritongen.bench.runtime import run_benchmark
+    from tritongen.quantize import QuantizeConfig
 
-    report = run_benchmark(export, calib, runs=runs, warmup=warmup, backends=backends, step=lambda m: log(f"  {m}"))
+    report = run_benchmark(export, QuantizeConfig(calib), runs=runs, warmup=warmup, runtimes=backends,
+                           step=lambda m: log(f"  {m}"))
     for note in report.notes:
         log(f"  note: {note}")
     return [Row(r.model, r.family, r.backend, r.latency, r.fp32_ms, r.int8_ms, r.agreement, r.metric, r.method)
@@ -164,7 +164,8 @@ def fp32_rows(export: Path, photo: Path, runs: int, warmup: int, backends: tuple
     (oneDNN) interleaved, 1 thread; runtime on ``photo``'s feeds, end-to-end on its bytes.
     The ONNX model is not validated against Paddle here (tritongen's check fails on these
     graphs, see --check, which measures the agreement instead)."""
-    from tritongen.bench.runtime import end_to_end, interleaved
+    from tritongen.bench.runtime import end_to_end
+    from tritongen.measure import interleaved
     from tritongen.convert.onnx import paddle_to_onnx
     from tritongen.intake import load_model
     from tritongen.processing.pipeline import Preprocessor
@@ -423,7 +424,7 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="write the rows in the seeds' benchmarks.csv columns")
     args = parser.parse_args()
 
-    from tritongen.bench.cpu import cpu_info
+    from tritongen.measure import cpu_info
 
     names = args.models or list(EXPORTS)
     t_start = time.perf_counter()

@@ -75,7 +75,7 @@ def paddle_nms(boxes, scores, nms: dict):
     import numpy as np
     import paddle
 
-    from tritongen.demo_exports import _multiclass_nms3
+    from tritongen.testing.demo_exports import _multiclass_nms3
 
     keys = ("score_threshold", "nms_top_k", "keep_top_k", "nms_threshold", "normalized")
     paddle.enable_static()

@@ -83,7 +83,7 @@ def many(photos):
 def task_server(tmp_path_factory):
     """A detector and a segmenter (tiny demo exports), served together."""
     from tritongen.build import build
-    from tritongen.demo_exports import make_detector, make_segmenter
+    from tritongen.testing.demo_exports import make_detector, make_segmenter
 
     root = tmp_path_factory.mktemp("sdk_tasks")
     repo = root / "repo"

@@ -1,4 +1,4 @@
-"""The tiny PaddleDetection / PaddleSeg exports of ``tritongen.demo_exports``: they load in
+"""The tiny PaddleDetection / PaddleSeg exports of ``tritongen.testing.demo_exports``: they load in
 Paddle Inference, have the feeds, fetches, ops and deploy configs of the real exports, answer
 according to image content, and convert with paddle2onnx."""
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from tritongen.demo import COLOURS
-from tritongen.demo_exports import make_detector, make_segmenter
 from tritongen.intake.program import read_program
 from tritongen.intake.spec import TensorSpec
 from tritongen.processing.runners import PaddleInferenceRunner
+from tritongen.testing.demo_exports import make_detector, make_segmenter
 
 HW = (320, 320)
 A = (320 // 32) ** 2 + (320 // 16) ** 2  # anchors of the default fpn strides (32, 16)

@@ -19,7 +19,7 @@ import tritongen  # noqa: F401
 from tritongen.build import build
 from tritongen.client import Detection, DetectionClient
 from tritongen.convert.nms import cut_nms
-from tritongen.demo_exports import PPYOLOE_NMS, make_detector
+from tritongen.convert.runtime import RuntimeArtifact
 from tritongen.emit import plan_models
 from tritongen.emit.pbtxt import parse_config
 from tritongen.errors import EmitError, IntakeError
@@ -29,6 +29,7 @@ from tritongen.processing.detection import multiclass_nms, nms_batch_major
 from tritongen.processing.ops import Pipeline
 from tritongen.processing.pipeline import PipelineConfig
 from tritongen.processing.runners import PaddleInferenceRunner
+from tritongen.testing.demo_exports import PPYOLOE_NMS, make_detector
 
 from . import ppdet_oracle
 from .ppdet_oracle import paddle_nms
@@ -215,13 +216,13 @@ def test_intake_reads_infer_cfg(exports):
     spec = load_model(exports["nms"])
     assert spec.family == "paddledetection" and spec.task == "detection"
     assert spec.feeds == {"image": "image", "scale_factor": "scale_factor"}
-    assert spec.postprocess["nms_in_graph"] and spec.postprocess["keep_top_k"] == 300
+    assert spec.nms_in_graph and spec.postprocess.keep_top_k == 300
     assert [t.shape for t in spec.outputs] == [(-1, 300, 6), (-1, 1)]
-    assert spec.labels == ["red", "green", "blue", "yellow"] and spec.postprocess["score_threshold"] == 0.5
+    assert spec.labels == ["red", "green", "blue", "yellow"] and spec.postprocess.score_threshold == 0.5
     raw = load_model(exports["raw_yolo"], score_threshold=0.3, max_detections=7)
-    assert not raw.postprocess["nms_in_graph"] and raw.postprocess["nms"]["nms_top_k"] == 1000
-    assert raw.postprocess["nms"]["normalized"] is True  # ppdet MultiClassNMS default when the yaml has no NMS section
-    assert raw.postprocess["score_threshold"] == 0.3 and raw.postprocess["max_detections"] == 7
+    assert not raw.nms_in_graph and raw.postprocess.nms.nms_top_k == 1000
+    assert raw.postprocess.nms.normalized is True  # ppdet MultiClassNMS default when the yaml has no NMS section
+    assert raw.postprocess.score_threshold == 0.3 and raw.postprocess.max_detections == 7
     lb = load_model(exports["nms_lb"])
     assert lb.feeds == {"im_shape": "im_shape", "image": "image", "scale_factor": "scale_factor"}
 
@@ -257,8 +258,8 @@ def test_plan_models_refuses_nms_graphs_on_platforms_and_python_configs_are_batc
     spec = load_model(exports["nms"])
     for backend in ("onnxruntime", "tensorrt"):
         with pytest.raises(EmitError, match="multiclass_nms3.*cut_nms"):
-            plan_models(spec, backend, "det", tmp_path / "model.onnx")
-    models = plan_models(spec, "python-onnxruntime", "det", tmp_path / "model.onnx")
+            plan_models(spec, backend, "det", RuntimeArtifact(tmp_path / "model.onnx"))
+    models = plan_models(spec, "python-onnxruntime", "det", RuntimeArtifact(tmp_path / "model.onnx"))
     runtime = next(m for m in models if m.name == "det_runtime")
     assert [list(o.dims) for o in runtime.config.output] == [[300, 6], [1]]
     settings = json.loads(runtime.files["1/runtime.json"])
@@ -269,8 +270,8 @@ def test_plan_models_refuses_nms_graphs_on_platforms_and_python_configs_are_batc
 def test_cut_nms_gives_the_graphs_detections_batched(exports, photos):
     """Cutting multiclass_nms3 off (what platform backends get) changes nothing a user sees."""
     spec, cut = load_model(exports["nms_tight"]), load_model(exports["nms_tight_cut"])
-    assert not cut.postprocess["nms_in_graph"] and "multiclass_nms3" not in cut.op_types
-    assert cut.postprocess["nms"] == {**TIGHT_NMS, "normalized": False, "background_label": -1}
+    assert not cut.nms_in_graph and "multiclass_nms3" not in cut.op_types
+    assert cut.postprocess.nms.to_dict() == {**TIGHT_NMS, "normalized": False, "background_label": -1}
     with_nms, without = LocalPredictor(spec), LocalPredictor(cut)
     total = 0
     for photo in photos:
@@ -291,7 +292,7 @@ def test_platform_builds_cut_nms_and_batch(exports, photos, tmp_path, backend):
     assert [list(o.dims) for o in runtime.output] == [[500, 4], [4, 500]]
     assert [i.name for i in runtime.input] == ["image", "scale_factor"]
     pipeline = PipelineConfig.load(tmp_path / "repo/det_postprocess/1/pipeline.json")
-    assert pipeline.postprocess["nms"]["keep_top_k"] == 300 and not pipeline.postprocess["nms_in_graph"]
+    assert pipeline.postprocess.nms.keep_top_k == 300 and not pipeline.postprocess.nms_in_graph
     assert any("cut off the graph" in note for note in result.spec.notes)
     if backend == "onnxruntime":  # the model Triton's ONNX Runtime backend loads, run on a batch of 3
         predictor = LocalPredictor(result.spec, runtime="onnxruntime", onnx_path=tmp_path / "repo/det_runtime/1/model.onnx")

@@ -17,6 +17,8 @@ import yaml
 from tritongen.demo import COLOURS
 from tritongen.errors import IntakeError
 from tritongen.intake import ModelSpec, TensorSpec, load_model
+from tritongen.intake.spec import PredictorOptions
+from tritongen.processing.classification import ClassificationSettings
 from tritongen.processing.ops import Pipeline
 
 from .conftest import run_cli
@@ -82,9 +84,9 @@ def test_valid_export_gives_a_complete_model_spec(clas_export: Path):
     assert spec.outputs == [TensorSpec(OUTPUT_NAME, "float32", (-1, len(COLOURS)))]
     assert {"conv2d", "softmax", "batch_norm"} <= spec.op_types
     assert not spec.op_types & {"feed", "fetch"}
-    assert spec.postprocess == {"topk": 3}
+    assert spec.postprocess == ClassificationSettings(topk=3)
     assert spec.labels == list(COLOURS)
-    assert spec.runtime_options == {"enable_mkldnn": False, "threads": 1}
+    assert spec.runtime_options == PredictorOptions(enable_mkldnn=False, threads=1)
 
 
 def test_preprocess_is_the_yaml_ops_after_a_leading_torgb(clas_export: Path):
@@ -156,7 +158,7 @@ def test_no_labels_and_default_topk_without_postprocess(export: Path):
     edit_yaml(export, lambda c: c.pop("PostProcess"))
     spec = load_model(export)
     assert spec.labels is None
-    assert spec.postprocess == {"topk": 5}  # PaddleClas's default
+    assert spec.postprocess == ClassificationSettings(topk=5)  # PaddleClas's default
 
 
 def test_labels_override(clas_export: Path, tmp_path: Path):

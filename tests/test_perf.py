@@ -16,10 +16,10 @@ import pytest
 
 from tritongen.errors import PerfError
 from tritongen.perf import PerfSettings, parse_range, run_perf
-from tritongen.perf.identity import write_identity_model
 from tritongen.perf.inputs import ModelInfo, TensorInfo, build_requests, parse_shapes
 from tritongen.perf.measure import _percentile_ns, is_stable
 from tritongen.perf.report import csv_header
+from tritongen.testing.identity import write_identity_model
 
 from .conftest import free_port, run_cli, start_serve_cli, stop_serve_cli
 

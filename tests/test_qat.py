@@ -20,7 +20,7 @@ import yaml
 
 from tritongen.errors import TritongenError
 from tritongen.intake import load_model
-from tritongen.intake.program import read_program
+from tritongen.intake.program import load_program_desc, read_program
 from tritongen.processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 from tritongen.quantize.act_config import (
     ActConfigError,
@@ -202,10 +202,7 @@ def test_yaml_keys_are_honoured(tiny, data, tmp_path):
     iters = [int(m) for m in re.findall(r"Total iter: (\d+),", (work / LOG_FILE).read_text())]
     assert iters == [0, 1, 2, 3, 4]
     # QuantAware.weight_bits -> the weights' dequantize ops carry bit_length 4, activations 8
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString((work / "inference.pdmodel").read_bytes())
+    program = load_program_desc(work / "inference.pdmodel")
     persistable = {v.name for v in program.blocks[0].vars if v.persistable}
     bits = {"weight": set(), "activation": set()}
     for op in program.blocks[0].ops:

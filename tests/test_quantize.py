@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritongen.errors import TritongenError
 from tritongen.intake import load_model
 from tritongen.intake.program import read_program
-from tritongen.quantize import quantize
+from tritongen.quantize import CalibrationAlgo, QuantizeConfig, quantize
 from tritongen.quantize.calibration import CalibrationError, load_calibration
 from tritongen.quantize.fidelity import FidelityError, compare
 from tritongen.quantize.ptq import has_scalar_activations
@@ -36,7 +36,7 @@ def calib_dir(tmp_path_factory, photos):
 
 @pytest.fixture(scope="session")
 def quantized(clas_export, calib_dir, tmp_path_factory):
-    return quantize(clas_export, calib_dir, tmp_path_factory.mktemp("q") / "int8", algo="hist")
+    return quantize(clas_export, QuantizeConfig(calib_dir, algo="hist"), tmp_path_factory.mktemp("q") / "int8")
 
 
 def test_ptq_writes_a_complete_int8_export(quantized, clas_export):
@@ -47,7 +47,7 @@ def test_ptq_writes_a_complete_int8_export(quantized, clas_export):
     assert {"quantize_linear", "dequantize_linear"} <= ops
     assert quantized.spec.is_quantized and quantized.spec.labels == load_model(clas_export).labels
     settings = json.loads((d / "tritongen_quant.json").read_text())
-    assert settings["algo"] == "hist" and settings["calibration_images"] == len(quantized.data.calibration)
+    assert settings["algo"] == "hist" and len(settings["calibration_images"]) == len(quantized.data.calibration)
     # held-out images are never calibrated on
     assert not set(settings["holdout_images"]) & {str(p) for p in quantized.data.calibration.paths}
     report = json.loads((d / "fidelity.json").read_text())
@@ -68,16 +68,16 @@ def test_calibration_goes_through_the_models_preprocessing(clas_export, calib_di
 
 def test_bad_calibration_dirs(clas_export, tmp_path):
     with pytest.raises(CalibrationError, match="not found"):
-        quantize(clas_export, tmp_path / "missing", tmp_path / "out")
+        quantize(clas_export, QuantizeConfig(tmp_path / "missing"), tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError, match="no images"):
-        quantize(clas_export, tmp_path / "empty", tmp_path / "out")
+        quantize(clas_export, QuantizeConfig(tmp_path / "empty"), tmp_path / "out")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_bytes(b"not a jpeg")
     (bad / "b.png").write_bytes(b"")
     with pytest.raises(CalibrationError, match="0 usable image"):
-        quantize(clas_export, bad, tmp_path / "out")
+        quantize(clas_export, QuantizeConfig(bad), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -86,13 +86,13 @@ def test_avg_falls_back_on_scalar_activations(tmp_path, calib_dir):
 
     export = make_classifier(tmp_path / "gate", transform_ops=NON_DEFAULT_OPS, input_hw=(48, 64), topk=3, scalar_gate=True)
     assert has_scalar_activations(export / "inference.pdmodel")
-    result = quantize(export, calib_dir, tmp_path / "int8", algo="avg")
-    assert result.settings["algo"] == "abs_max" and "0-D" in result.settings["notes"][0]
+    result = quantize(export, QuantizeConfig(calib_dir, algo="avg"), tmp_path / "int8")
+    assert result.config.algo is CalibrationAlgo.ABS_MAX and "0-D" in result.record.notes[0]
 
 
 def test_max_drop_fails_and_writes_nothing(clas_export, calib_dir, tmp_path):
     with pytest.raises(FidelityError, match="max-drop"):
-        quantize(clas_export, calib_dir, tmp_path / "int8", algo="abs_max", max_drop=0.0, batch_nums=1)
+        quantize(clas_export, QuantizeConfig(calib_dir, algo="abs_max", max_drop=0.0, batch_nums=1), tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
 
 
@@ -182,17 +182,17 @@ def test_activation_ranges_and_output_renaming():
 
 def test_already_quantized_input_is_rejected(quantized, calib_dir, tmp_path):
     with pytest.raises(TritongenError, match="already quantized"):
-        quantize(quantized.directory, calib_dir, tmp_path / "again")
+        quantize(quantized.directory, QuantizeConfig(calib_dir), tmp_path / "again")
     shutil.rmtree(tmp_path)
 
 
 def test_segmentation_export_quantizes_under_its_own_file_names(calib_dir, tmp_path):
-    from tritongen.demo_exports import make_segmenter
+    from tritongen.testing.demo_exports import make_segmenter
 
     transforms = [{"type": "Resize", "target_size": [96, 64]}, {"type": "Normalize"}]
     export = make_segmenter(tmp_path / "seg", with_argmax=False, input_hw=(64, 96),
                             deploy_overrides={"transforms": transforms})
-    result = quantize(export, calib_dir, tmp_path / "seg_int8", algo="abs_max")
+    result = quantize(export, QuantizeConfig(calib_dir, algo="abs_max"), tmp_path / "seg_int8")
     assert (result.directory / "model.pdmodel").is_file() and (result.directory / "deploy.yaml").is_file()
     assert result.spec.is_quantized and result.spec.task == "segmentation"
     # Measured, not assumed: oneDNN INT8 on this tiny segmenter follows FP32 poorly, and the report says so.
@@ -202,11 +202,11 @@ def test_segmentation_export_quantizes_under_its_own_file_names(calib_dir, tmp_p
 
 def test_qat_refuses_multi_input_detectors_clearly(calib_dir, tmp_path):
     """PTQ quantizes detectors (tests/test_detection_int8.py); QAT distillation does not, and says so."""
-    from tritongen.demo_exports import make_detector
+    from tritongen.testing.demo_exports import make_detector
 
     export = make_detector(tmp_path / "det", with_nms=False, input_hw=(128, 128))
     with pytest.raises(TritongenError, match="--method qat .* supports single-input models.*scale_factor.*--method ptq"):
-        quantize(export, calib_dir, tmp_path / "det_int8", method="qat")
+        quantize(export, QuantizeConfig(calib_dir, method="qat"), tmp_path / "det_int8")
     proc = run_cli("build", export, "--int8", "--method", "qat", "--calib-dir", calib_dir, "--output", tmp_path / "r",
                    check=False)
     assert proc.returncode == 1 and "single-input" in proc.stderr and "Traceback" not in proc.stderr

@@ -22,6 +22,7 @@ from tritongen.processing.ops import Pipeline
 from tritongen.processing.ops_paddleseg import trans_info
 from tritongen.processing.pipeline import PipelineConfig, postprocessor
 from tritongen.processing.runners import PaddleInferenceRunner
+from tritongen.processing.segmentation import SegmentationOutput, SegmentationSettings
 
 from . import paddleseg_oracle
 from .conftest import run_cli, start_serve_cli, stop_serve_cli
@@ -161,7 +162,7 @@ def _export_with(tmp_path, base: Path, mutate) -> Path:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    from tritongen.demo_exports import make_segmenter
+    from tritongen.testing.demo_exports import make_segmenter
 
     root = tmp_path_factory.mktemp("seg_exports")
     return {
@@ -176,8 +177,8 @@ def test_intake_spec(exports):
     assert (spec.family, spec.task, spec.side) == ("paddleseg", "segmentation", ["ORIG_SIZE"])
     assert spec.preprocess[0] == {"ToRGB": {}} and spec.preprocess[-1] == {"ToCHW": {}}
     assert spec.preprocessed_shape == [3, 64, 96]
-    assert spec.postprocess == {"output_op": "none", "num_classes": 5}
-    assert load_model(exports["argmax"]).postprocess == {"output_op": "argmax"}
+    assert spec.postprocess == SegmentationSettings(SegmentationOutput.LOGITS, num_classes=5)
+    assert load_model(exports["argmax"]).postprocess.to_dict() == {"output_op": "argmax"}
 
 
 def _set(path, value):

@@ -34,6 +34,7 @@ from tritongen.convert.tensorrt import (
     tensorrt_available,
     trtexec_command,
 )
+from tritongen.convert.runtime import RuntimeArtifact, convert_for_runtime
 from tritongen.emit import plan_models
 from tritongen.emit.backends import RuntimeOptions
 from tritongen.errors import EmitError
@@ -501,8 +502,8 @@ def test_tensorrt_backend_needs_a_fixed_input_shape(clas_export, tmp_path):
         pytest.skip("this export's preprocessing has no image-dependent size without resize/crop")
     onnx_path = tmp_path / "model.onnx"
     onnx.save(conv_graph(), str(onnx_path))
-    with pytest.raises(EmitError, match="fixed per-image input shape"):
-        plan_models(spec, "tensorrt", "m", onnx_path)
+    with pytest.raises(TensorRTError, match="fixed per-image input shape"):
+        convert_for_runtime(spec, onnx_path, (), tensorrt_plan=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +526,7 @@ def qdq_onnx(tmp_path_factory) -> Path:
 
 
 def runtime_config(clas_export, onnx_path, backend="onnxruntime", **options):
-    models = plan_models(load_model(clas_export), backend, "m", onnx_path, options=RuntimeOptions(**options))
+    models = plan_models(load_model(clas_export), backend, "m", RuntimeArtifact(onnx_path), options=RuntimeOptions(**options))
     return next(m for m in models if m.name == "m_runtime")
 
 
@@ -582,7 +583,7 @@ def test_build_with_ort_accelerator_writes_it(clas_export, tmp_path):
 def test_detector_plan_gets_a_profile_for_every_input(tmp_path):
     """PaddleDetection graphs take image and scale_factor: trtexec needs shapes for both,
     or the in-container build fails on the dynamic scale_factor batch axis."""
-    from tritongen.demo_exports import make_detector
+    from tritongen.testing.demo_exports import make_detector
 
     export = make_detector(tmp_path / "det", with_nms=False, input_hw=(128, 160))
     build(export, tmp_path / "repo", backend="tensorrt", name="det", max_batch_size=6)

@@ -5,7 +5,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -23,6 +23,33 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+
+
+# INT8 options, declared once and shared by build, quantize and bench (typer reads Annotated metadata).
+CalibDir = Annotated[Optional[Path], typer.Option("--calib-dir", help="Images to calibrate on (a share is held out).")]
+Method = Annotated[str, typer.Option("--method", help="ptq (post-training) | qat (ACT quant-aware distillation).")]
+Algo = Annotated[str, typer.Option("--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Calibration / training batch size.")]
+BatchNums = Annotated[Optional[int], typer.Option("--batch-nums", min=1, help="Calibration batches (default: all).")]
+SkipTensors = Annotated[List[str], typer.Option("--skip-tensors", help="Paddle tensors to keep in FP32 (repeatable).")]
+ActConfig = Annotated[Optional[Path], typer.Option("--config", help="ACT yaml for --method qat "
+                                                   "(Global/QuantAware/QuantPost/Distillation/TrainConfig).")]
+TrainIters = Annotated[Optional[int], typer.Option("--train-iters", min=1, help="QAT iterations (default from the config).")]
+MaxDrop = Annotated[Optional[float], typer.Option("--max-drop", min=0.0, max=1.0,
+                                                  help="Fail when INT8 agreement (top-1 / detections / pixels) or "
+                                                       "cosine with FP32 drops more.")]
+
+
+def _quantize_config(calib_dir: Optional[Path], method: str, algo: str, batch_size: int, batch_nums: Optional[int],
+                     skip_tensors: List[str], act_config: Optional[Path], train_iters: Optional[int],
+                     max_drop: Optional[float]):
+    from .quantize.config import QuantizeConfig
+
+    if calib_dir is None:
+        raise TritongenError("--int8 needs --calib-dir DIR (images to calibrate on)")
+    return QuantizeConfig(calib_dir, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
+                          skip_tensors=tuple(skip_tensors), act_config=act_config, train_iters=train_iters,
+                          max_drop=max_drop)
 
 
 @app.command()
@@ -47,44 +74,37 @@ def build(
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16."),
     trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator",
                                                   help="onnxruntime backend: TensorRT execution accelerator, FP16 or INT8."),
-    calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Images to calibrate on (a share is held out)."),
-    method: str = typer.Option("ptq", "--method", help="ptq (post-training) | qat (ACT quant-aware distillation)."),
-    algo: str = typer.Option("hist", "--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Calibration / training batch size."),
-    batch_nums: Optional[int] = typer.Option(None, "--batch-nums", min=1, help="Calibration batches (default: all)."),
-    skip_tensors: List[str] = typer.Option([], "--skip-tensors", help="Paddle tensors to keep in FP32 (repeatable)."),
-    act_config: Optional[Path] = typer.Option(None, "--config", help="ACT yaml for --method qat."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0,
-                                             help="Fail when INT8 top-1 agreement (or cosine) with FP32 drops more."),
+    calib_dir: CalibDir = None,
+    method: Method = "ptq",
+    algo: Algo = "hist",
+    batch_size: BatchSize = 4,
+    batch_nums: BatchNums = None,
+    skip_tensors: SkipTensors = [],  # noqa: B006  (typer's default for a repeatable option)
+    act_config: ActConfig = None,
+    train_iters: TrainIters = None,
+    max_drop: MaxDrop = None,
 ) -> None:
     """Build a Triton model repository: ensemble NAME = preprocess -> runtime -> postprocess."""
-    from .build import Int8Options
     from .build import build as run_build
 
-    int8_options = None
-    if int8:
-        if calib_dir is None:
-            raise TritongenError("--int8 needs --calib-dir DIR (images to calibrate on)")
-        int8_options = Int8Options(calib_dir, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
-                                   skip_tensors=skip_tensors, act_config=act_config, max_drop=max_drop)
+    config = _quantize_config(calib_dir, method, algo, batch_size, batch_nums, skip_tensors, act_config, train_iters,
+                              max_drop) if int8 else None
     with console.status("building") as status:
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            int8=int8_options, fp16=fp16, trt_accelerator=trt_accelerator, score_threshold=score_threshold,
+            int8=config, fp16=fp16, trt_accelerator=trt_accelerator, score_threshold=score_threshold,
             max_detections=max_detections, step=_step_printer(status),
         )
     repo = result.repository
-    int8_choice = result.int8.get("onnxruntime")
-    if int8_choice:
-        for note in int8_choice["notes"]:
-            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    for note in result.spec.notes:
+    for note in (result.int8.notes if result.int8 else []) + result.spec.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     out.print(f"[green]built[/] {repo.ensemble} ({repo.backend}) in {repo.path}: {', '.join(repo.models)}")
     if result.onnx:
         worst = max(result.onnx.validation.values(), default=0.0)
         out.print(f"ONNX opset {result.onnx.opset}; max |ONNX - Paddle| on random inputs: {worst:.2e}")
+    if result.int8:
+        out.print(f"INT8 ({result.int8.target}) vs FP32: {result.int8.fidelity.summary()}", highlight=False)
     if not repo.served_locally:
         out.print(f"note: {repo.backend} runs in the official tritonserver container (see docker/), not `tritongen serve`")
 
@@ -100,31 +120,29 @@ def _step_printer(status):
 @app.command()
 def quantize(
     source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name."),
-    calib_dir: Path = typer.Option(..., "--calib-dir", help="Images to calibrate on (a share is held out)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the INT8 export."),
-    method: str = typer.Option("ptq", "--method", help="ptq (post-training) | qat (ACT quant-aware distillation)."),
-    algo: str = typer.Option("hist", "--algo", help="PTQ calibration: avg | abs_max | hist | KL | mse."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    batch_nums: Optional[int] = typer.Option(None, "--batch-nums", min=1, help="Calibration batches (default: all)."),
-    skip_tensors: List[str] = typer.Option([], "--skip-tensors", help="Paddle tensors to keep in FP32 (repeatable)."),
-    act_config: Optional[Path] = typer.Option(None, "--config", help="ACT yaml (Global/QuantAware/QuantPost/Distillation/TrainConfig)."),
-    train_iters: Optional[int] = typer.Option(None, "--train-iters", min=1, help="QAT iterations (default from the config)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=1.0,
-                                             help="Fail when INT8 top-1 agreement (or cosine) with FP32 drops more."),
+    calib_dir: CalibDir = None,
+    method: Method = "ptq",
+    algo: Algo = "hist",
+    batch_size: BatchSize = 4,
+    batch_nums: BatchNums = None,
+    skip_tensors: SkipTensors = [],  # noqa: B006
+    act_config: ActConfig = None,
+    train_iters: TrainIters = None,
+    max_drop: MaxDrop = None,
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT."),
 ) -> None:
     """Quantize a Paddle export to INT8 (PaddleSlim), calibrating through its own preprocessing."""
     from .quantize import quantize as run_quantize
 
+    config = _quantize_config(calib_dir, method, algo, batch_size, batch_nums, skip_tensors, act_config, train_iters,
+                              max_drop)
     with console.status("quantizing") as status:
-        result = run_quantize(
-            source, calib_dir, output, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
-            skip_tensors=skip_tensors, act_config=act_config, train_iters=train_iters, max_drop=max_drop, force=force,
-            step=_step_printer(status),
-        )
-    for note in result.settings.get("notes", []):
+        result = run_quantize(source, config, output, force=force, step=_step_printer(status))
+    for note in result.record.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    out.print(f"[green]quantized[/] {result.fp32.name} -> {result.directory} ({result.settings['method']})", highlight=False)
+    out.print(f"[green]quantized[/] {result.fp32.name} -> {result.directory} ({result.config.method.value})",
+              highlight=False)
     out.print(f"FP32 vs INT8 (Paddle Inference, oneDNN): {result.fidelity.summary()}", highlight=False)
     out.print(f"report: {result.directory / 'fidelity.json'}", highlight=False)
 
@@ -137,33 +155,42 @@ app.add_typer(bench_app, name="bench")
 def bench_runtime(
     source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Compare FP32 with INT8 (the only mode for now)."),
-    calib_dir: Path = typer.Option(..., "--calib-dir", help="Images to calibrate on (a share is held out)."),
-    method: str = typer.Option("ptq", "--method"),
-    algo: str = typer.Option("hist", "--algo"),
+    calib_dir: CalibDir = None,
+    method: Method = "ptq",
+    algo: Algo = "hist",
+    batch_size: BatchSize = 4,
+    batch_nums: BatchNums = None,
+    skip_tensors: SkipTensors = [],  # noqa: B006
+    act_config: ActConfig = None,
+    train_iters: TrainIters = None,
     runs: int = typer.Option(30, "--runs", min=3, help="Timed runs per variant (interleaved)."),
     warmup: int = typer.Option(5, "--warmup", min=0),
     backend: List[str] = typer.Option(["onnxruntime", "paddle"], "--backend", help="onnxruntime and/or paddle."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write rows in the seeds' benchmarks.csv columns."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write rows in FastDeploy's published tables' columns."),
 ) -> None:
-    """FP32 vs INT8 latency on this CPU (1 thread), runtime and end-to-end, like the seeds' tables."""
-    from .bench.runtime import run_benchmark
+    """FP32 vs INT8 latency on this CPU (1 thread), runtime and end-to-end, like FastDeploy's published tables."""
+    from .bench.runtime import RUNTIMES, run_benchmark
 
     if not int8:
         raise TritongenError("bench runtime compares FP32 with INT8; drop --no-int8")
-    unknown = set(backend) - {"onnxruntime", "paddle"}
+    unknown = set(backend) - set(RUNTIMES)
     if unknown:
-        raise TritongenError(f"unknown --backend {sorted(unknown)}; use onnxruntime and/or paddle")
+        raise TritongenError(f"unknown --backend {sorted(unknown)}; use {' and/or '.join(RUNTIMES)}")
+    config = _quantize_config(calib_dir, method, algo, batch_size, batch_nums, skip_tensors, act_config, train_iters,
+                              None)
     with console.status("benchmarking") as status:
-        report = run_benchmark(source, calib_dir, method=method, algo=algo, runs=runs, warmup=warmup,
-                               backends=tuple(backend), step=_step_printer(status))
-    table = Table(title=f"{report.rows[0].model}: FP32 vs INT8, 1 thread, median of {runs} interleaved runs",
-                  title_justify="left")
-    for col in ("model", "backend", "hardware", "latency", "FP32 ms", "INT8 ms", "max speedup", "INT8 vs FP32", "method"):
-        table.add_column(col)
-    for row in report.rows:
-        table.add_row(row.model, row.backend, row.hardware, row.latency, f"{row.fp32_ms:.2f}", f"{row.int8_ms:.2f}",
-                      f"{row.speedup:.2f}x", "" if row.agreement is None else f"{row.metric} {row.agreement:.4f}", row.method)
-    out.print(table)
+        report = run_benchmark(source, config, runs=runs, warmup=warmup, runtimes=tuple(backend),
+                               step=_step_printer(status))
+    if report.rows:
+        table = Table(title=f"{report.rows[0].model}: FP32 vs INT8, 1 thread, median of {runs} interleaved runs",
+                      title_justify="left")
+        for col in ("model", "backend", "hardware", "latency", "FP32 ms", "INT8 ms", "max speedup", "INT8 vs FP32", "method"):
+            table.add_column(col)
+        for row in report.rows:
+            table.add_row(row.model, row.backend, row.hardware, row.latency, f"{row.fp32_ms:.2f}", f"{row.int8_ms:.2f}",
+                          f"{row.speedup:.2f}x", "" if row.agreement is None else f"{row.metric} {row.agreement:.4f}",
+                          row.method)
+        out.print(table)
     for note in report.notes:
         out.print(f"note: {note}", highlight=False, soft_wrap=True)
     if csv_path:

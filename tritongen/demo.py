@@ -51,8 +51,6 @@ def make_classifier(
     scalar_gate: bool = False,
 ) -> Path:
     """Write a PaddleClas-style inference export into ``out_dir``; return it."""
-    import zlib  # noqa: F401  must precede paddle
-
     import paddle
 
     out = Path(out_dir)

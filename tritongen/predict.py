@@ -10,9 +10,7 @@ from .intake.spec import ModelSpec
 from .processing.errors import PreprocessError
 from .processing.pipeline import Preprocessor, postprocessor
 from .processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
-from .results import Classification
-from .results import Detection
-from .results import Segmentation
+from .results import Classification, Detection, Segmentation
 
 
 class LocalPredictor:
@@ -26,7 +24,7 @@ class LocalPredictor:
         if runtime == "paddle":
             self.runner = PaddleInferenceRunner(
                 spec.model_file, spec.params_file, threads=threads,
-                enable_mkldnn=bool(spec.runtime_options.get("enable_mkldnn", False)),
+                enable_mkldnn=spec.runtime_options.enable_mkldnn,
             )
         elif runtime == "onnxruntime":
             if onnx_path is None:
@@ -35,15 +33,12 @@ class LocalPredictor:
         else:
             raise TritongenError(f"unknown runtime {runtime!r}: use 'paddle' or 'onnxruntime'")
 
-    def predict(self, images: Sequence[ImageSource]) -> list[Classification] | list[Segmentation]:
+    def predict(self, images: Sequence[ImageSource]) -> list[Classification] | list[Detection] | list[Segmentation]:
+        """One result per image, of the task's result type (``spec.task_kind.result``)."""
         try:
             batch = self.preprocess([read_image_bytes(i) for i in images])
         except PreprocessError as exc:
             raise TritongenError(str(exc)) from None
         raw = self.runner.run({name: batch[name] for name in self.config.feeds})
-        if self.spec.task == "detection":
-            return Detection.batch_from_outputs(self.postprocess(raw, batch))
-        if self.spec.task == "segmentation":
-            return Segmentation.batch_from_outputs(self.postprocess(raw, batch))
-        return Classification.batch_from_outputs(self.postprocess(raw, batch))
+        return self.spec.task_kind.decode(self.postprocess(raw, batch))
 

@@ -1,26 +1,75 @@
-"""FP32 vs INT8 latency, measured side by side in one run, in the seeds' table layout.
+"""FP32 vs INT8 latency, measured side by side in one run, in FastDeploy's published tables' layout.
 
 Runtime latency = the model alone (batch 1, 1 thread); end-to-end = decode + preprocess +
-model + postprocess of one encoded image. FP32 and INT8 runs are interleaved (A, B, A, B,
-...) so that load on a noisy machine hits both alike; the median is reported.
+model + postprocess of one encoded image. FP32 and INT8 runs are interleaved (A, B, B, A,
+...) so that load on a noisy machine hits both alike; the median is reported. The INT8
+models are the ones ``build --int8`` serves: the same stage (:func:`convert.int8.to_int8`).
 """
 from __future__ import annotations
 
 import csv
-import time
+import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-import numpy as np
-
+from ..convert.int8 import Int8Artifact, get_int8_target, to_int8
+from ..convert.onnx import paddle_to_onnx
+from ..intake import load_model
 from ..intake.spec import ModelSpec
+from ..measure import CpuInfo, cpu_info, interleaved
 from ..processing.pipeline import Preprocessor, postprocessor
 from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
-from .cpu import CpuInfo, cpu_info
+from ..quantize.config import QuantizeConfig, QuantMethod
+from ..quantize.fidelity import Runner
 
 CSV_COLUMNS = ["family", "model", "backend", "hardware", "latency", "fp32_ms", "int8_ms", "int8_fp16_ms",
                "int8_fp16_pm_ms", "max_speedup", "fp32_acc", "int8_acc", "metric", "method"]
+
+
+# ------------------------------------------------------------------------------ runtimes
+
+RUNTIMES: dict[str, type["BenchRuntime"]] = {}
+
+
+def register_runtime(cls: type["BenchRuntime"]) -> type["BenchRuntime"]:
+    if cls.key in RUNTIMES:
+        raise ValueError(f"benchmark runtime {cls.key!r} is registered twice")
+    RUNTIMES[cls.key] = cls
+    return cls
+
+
+class BenchRuntime(ABC):
+    key: ClassVar[str]  # --backend value
+    label: ClassVar[str]  # FastDeploy's "backend" column
+    int8_target: ClassVar[str]  # convert.int8 target whose artifact is timed
+    needs_onnx: ClassVar[bool]
+
+    @abstractmethod
+    def runners(self, fp32: ModelSpec, fp32_onnx: Path | None, int8: Int8Artifact) -> tuple[Runner, Runner]:
+        """FP32 and INT8 runners on one CPU thread."""
+
+
+@register_runtime
+class OnnxRuntimeBench(BenchRuntime):
+    key, label, int8_target, needs_onnx = "onnxruntime", "ONNX Runtime", "onnxruntime", True
+
+    def runners(self, fp32: ModelSpec, fp32_onnx: Path | None, int8: Int8Artifact) -> tuple[Runner, Runner]:
+        return OnnxRuntimeRunner(fp32_onnx, threads=1), OnnxRuntimeRunner(int8.onnx, threads=1)
+
+
+@register_runtime
+class PaddleBench(BenchRuntime):
+    key, label, int8_target, needs_onnx = "paddle", "Paddle Inference", "paddle-onednn", False
+
+    def runners(self, fp32: ModelSpec, fp32_onnx: Path | None, int8: Int8Artifact) -> tuple[Runner, Runner]:
+        # Both on oneDNN so the comparison is INT8 vs FP32, not oneDNN vs Paddle's native kernels.
+        return (PaddleInferenceRunner(fp32.model_file, fp32.params_file, threads=1, enable_mkldnn=True),
+                PaddleInferenceRunner(int8.spec.model_file, int8.spec.params_file, threads=1, int8=True))
+
+
+# ------------------------------------------------------------------------------ report
 
 
 @dataclass
@@ -31,7 +80,7 @@ class BenchRow:
     latency: str  # "runtime" | "end2end"
     fp32_ms: float
     int8_ms: float
-    agreement: float | None  # INT8 vs FP32 on held-out images (top-1 agreement or cosine)
+    agreement: float | None  # INT8 vs FP32 on held-out images (the fidelity headline)
     metric: str
     method: str
     hardware: str = "CPU"
@@ -53,6 +102,7 @@ class BenchReport:
     cpu: CpuInfo
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # runtime label -> why it has no rows
 
     def write_csv(self, path: Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as f:
@@ -62,25 +112,7 @@ class BenchReport:
                 writer.writerow(row.csv_row())
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
-    """Median ms of ``a`` and ``b`` timed alternately."""
-    for _ in range(warmup):
-        a()
-        b()
-    ta, tb = [], []
-    for i in range(runs):
-        first, second, t_first, t_second = (a, b, ta, tb) if i % 2 == 0 else (b, a, tb, ta)
-        t0 = time.perf_counter()
-        first()
-        t1 = time.perf_counter()
-        second()
-        t2 = time.perf_counter()
-        t_first.append((t1 - t0) * 1000)
-        t_second.append((t2 - t1) * 1000)
-    return float(np.median(ta)), float(np.median(tb))
-
-
-def end_to_end(spec: ModelSpec, runner, image: bytes) -> Callable[[], object]:
+def end_to_end(spec: ModelSpec, runner: Runner, image: bytes) -> Callable[[], object]:
     config = spec.pipeline_config()
     preprocess, post = Preprocessor(config), postprocessor(config)
 
@@ -91,72 +123,59 @@ def end_to_end(spec: ModelSpec, runner, image: bytes) -> Callable[[], object]:
     return run
 
 
-def runtime_pair(
-    label: str, fp32_runner, int8_runner, feeds: dict[str, np.ndarray], runs: int, warmup: int
-) -> tuple[float, float]:
-    """``feeds``: every model input of one sample (a detector's image and scale_factor, ...)."""
-    return interleaved(lambda: fp32_runner.run(feeds), lambda: int8_runner.run(feeds), runs, warmup)
-
-
-def paddle_runners(fp32: ModelSpec, int8: ModelSpec) -> tuple[PaddleInferenceRunner, PaddleInferenceRunner]:
-    # Both on oneDNN so the comparison is INT8 vs FP32, not oneDNN vs Paddle's native kernels.
-    return (PaddleInferenceRunner(fp32.model_file, fp32.params_file, threads=1, enable_mkldnn=True),
-            PaddleInferenceRunner(int8.model_file, int8.params_file, threads=1, int8=True))
-
-
-def ort_runners(fp32_onnx: Path, int8_onnx: Path) -> tuple[OnnxRuntimeRunner, OnnxRuntimeRunner]:
-    return OnnxRuntimeRunner(fp32_onnx, threads=1), OnnxRuntimeRunner(int8_onnx, threads=1)
+def method_label(config: QuantizeConfig) -> str:
+    if config.method is QuantMethod.PTQ:
+        return f"ptq ({config.algo.value})"
+    return "qat (ACT distillation)"
 
 
 def run_benchmark(
-    source: str | Path,
-    calib_dir: str | Path,
-    method: str = "ptq",
-    algo: str = "hist",
+    source: str | Path | ModelSpec,
+    config: QuantizeConfig,
     runs: int = 30,
     warmup: int = 5,
-    backends: tuple[str, ...] = ("onnxruntime", "paddle"),
+    runtimes: tuple[str, ...] = ("onnxruntime", "paddle"),
     end2end: bool = True,
     step: Callable[[str], None] = lambda m: None,
 ) -> BenchReport:
-    """Quantize ``source`` and time FP32 vs INT8 for each runtime, side by side."""
-    import tempfile
-
-    from ..convert.int8 import int8_for_onnxruntime
-    from ..convert.onnx import paddle_to_onnx
-    from ..intake import load_model
-    from ..quantize import quantize
-
-    fp32 = load_model(source)
+    """Quantize ``source`` once (the build's INT8 stage) and time FP32 vs INT8 per runtime, side by side.
+    A runtime whose INT8 artifact cannot be prepared is skipped with its reason."""
+    fp32 = source if isinstance(source, ModelSpec) else load_model(source)
+    chosen = [RUNTIMES[key]() for key in runtimes]
     report = BenchReport(cpu_info())
     report.notes.append(f"CPU: {report.cpu} — {report.cpu.int8_expectation()}")
     with tempfile.TemporaryDirectory(prefix="tritongen-bench-") as tmp:
         work = Path(tmp)
-        q = quantize(fp32, calib_dir, work / "int8", method=method, algo=algo, step=step)
+        fp32_onnx = None
+        if any(r.needs_onnx for r in chosen):
+            step("converting the FP32 model to ONNX")
+            fp32_onnx = paddle_to_onnx(fp32, work / "fp32.onnx").path
+        result = to_int8(fp32, config, [get_int8_target(r.int8_target) for r in chosen], work, fp32_onnx=fp32_onnx,
+                         step=step, gate=False, keep_going=True)
+        q = result.quantized
         sample = q.data.holdout.batch([0])  # every feed of one held-out image
         image = q.data.holdout.paths[0].read_bytes()
-        method_name = f"{method} ({q.settings.get('algo', 'ACT')})" if method == "ptq" else "qat (ACT distillation)"
-        pairs = []
-        if "onnxruntime" in backends:
-            step("ONNX Runtime: converting and choosing the INT8 recipe")
-            fp32_onnx = paddle_to_onnx(fp32, work / "fp32.onnx").path
-            choice = int8_for_onnxruntime(fp32, q.spec, fp32_onnx, q.data, work, step=step)
-            report.notes.append(f"ONNX Runtime INT8 recipe {choice.chosen.recipe}: {choice.chosen.fusion}")
-            report.notes.extend(choice.notes)
-            pairs.append(("ONNX Runtime", *ort_runners(fp32_onnx, choice.chosen.path), choice.chosen.fidelity))
-        if "paddle" in backends:
-            pairs.append(("Paddle Inference", *paddle_runners(fp32, q.spec), q.fidelity))
-        for backend, fp32_runner, int8_runner, fidelity in pairs:
-            metric, value = fidelity.headline
-            step(f"timing {backend}: FP32 vs INT8 runtime, {runs} interleaved runs each")
-            f_ms, i_ms = runtime_pair(backend, fp32_runner, int8_runner, sample, runs, warmup)
-            report.rows.append(BenchRow(fp32.name, fp32.family, backend, "runtime", f_ms, i_ms, value, metric, method_name))
+        method = method_label(q.config)
+        for runtime in chosen:
+            artifact = result.artifacts.get(runtime.int8_target)
+            if artifact is None:
+                report.skipped[runtime.label] = result.skipped[runtime.int8_target]
+                report.notes.append(f"{runtime.label}: no INT8 rows: {result.skipped[runtime.int8_target]}")
+                continue
+            report.notes.extend(f"{runtime.label}: {note}" for note in artifact.notes)
+            fp32_runner, int8_runner = runtime.runners(fp32, fp32_onnx, artifact)
+            metric, value = artifact.fidelity.headline
+            step(f"timing {runtime.label}: FP32 vs INT8 runtime, {runs} interleaved runs each")
+            f_ms, i_ms = interleaved(lambda: fp32_runner.run(sample), lambda: int8_runner.run(sample), runs, warmup)
+            report.rows.append(BenchRow(fp32.name, fp32.family, runtime.label, "runtime", f_ms, i_ms, value, metric, method))
             if end2end:
-                step(f"timing {backend}: FP32 vs INT8 end-to-end (decode, preprocess, model, postprocess)")
-                f_ms, i_ms = interleaved(end_to_end(fp32, fp32_runner, image), end_to_end(q.spec, int8_runner, image),
+                step(f"timing {runtime.label}: FP32 vs INT8 end-to-end (decode, preprocess, model, postprocess)")
+                f_ms, i_ms = interleaved(end_to_end(fp32, fp32_runner, image), end_to_end(artifact.spec, int8_runner, image),
                                          runs, warmup)
-                report.rows.append(BenchRow(fp32.name, fp32.family, backend, "end2end", f_ms, i_ms, value, metric, method_name))
+                report.rows.append(BenchRow(fp32.name, fp32.family, runtime.label, "end2end", f_ms, i_ms, value, metric,
+                                            method))
     return report
 
 
-__all__ = ["run_benchmark", "BenchRow", "BenchReport", "interleaved", "end_to_end", "runtime_pair", "paddle_runners", "ort_runners", "cpu_info"]
+__all__ = ["run_benchmark", "BenchRow", "BenchReport", "RUNTIMES", "BenchRuntime", "end_to_end", "method_label",
+           "interleaved", "cpu_info"]

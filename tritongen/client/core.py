@@ -38,7 +38,7 @@ def read_image_bytes(image: ImageSource) -> bytes:
 class ClientCore:
     """A client of one model; the transport subclasses add how steps are performed."""
 
-    task: Task | None = None  # set by the task clients
+    task: type[Task] | None = None  # set by the task clients (a tritongen.tasks registry entry)
     _clients: dict[str, type]  # task name -> client class, per transport (filled by __init_subclass__)
 
     def __init_subclass__(cls, **kwargs):
@@ -71,7 +71,7 @@ class ClientCore:
         return self._shm.prefix if self._shm is not None else None
 
     @classmethod
-    def for_task(cls, task: Task) -> type:
+    def for_task(cls, task: type[Task]) -> type:
         return cls._clients[task.name]
 
     # ----------------------------------------------------------------------------- plans

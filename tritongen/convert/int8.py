@@ -1,39 +1,44 @@
-"""INT8 ONNX for each deployment target, from a PaddleSlim-quantized Paddle program.
+"""INT8 targets: a quantized Paddle program -> the INT8 artifact one kind of runtime serves.
 
-ONNX Runtime (CPU): several recipes are built and *measured* on held-out images — fidelity
-to the FP32 ONNX model and latency on this CPU — and the most faithful one wins (latency
-breaks near-ties). Recipes:
+One registry, one class per target; backends name theirs (``Backend.int8_target``):
 
-- ``paddle-scales``: Paddle's QDQ graph (paddle2onnx) with activations moved to uint8
-  (same scales, exact) so MLAS's u8s8 kernels fuse every conv;
-- ``ort-placement``: ONNX Runtime's own QDQ placement on the FP32 graph, using Paddle's
-  calibrated ranges wherever Paddle calibrated the tensor and ONNX Runtime's MinMax
-  calibration on the same images elsewhere;
-- ``ort-calibration``: ONNX Runtime's quantize_static (MinMax) alone, for reference.
+- ``paddle-onednn``: Paddle Inference runs the PaddleSlim QDQ program itself (oneDNN INT8).
+- ``onnxruntime``: several recipes are built and *measured* on held-out images — fidelity to
+  the FP32 ONNX model and latency on this CPU — and the most faithful one wins (latency breaks
+  near-ties). Recipes: ``paddle-scales`` (Paddle's QDQ graph from paddle2onnx with
+  activations moved to uint8, same scales, so MLAS's u8s8 kernels fuse every conv);
+  ``ort-placement`` (ONNX Runtime's own QDQ placement on the FP32 graph with Paddle's
+  calibrated ranges where Paddle calibrated the tensor, ORT MinMax elsewhere);
+  ``ort-calibration`` (ORT's quantize_static alone, for reference). A recipe that cannot run
+  on a model is skipped with its reason.
+- ``tensorrt``: Paddle's QDQ graph (symmetric int8 = TensorRT's explicit quantization); the
+  tensorrt backend's pass chain prepares it further.
 
 Detectors: calibration, fidelity and latency feed every model input (image, scale_factor,
 im_shape) one image at a time (paddle2onnx's NMS is batch 1); fidelity is the detection
 agreement of the postprocessed detections, and ONNX Runtime's own placement leaves the
 post-processing tail and the scale_factor / im_shape math in float (:class:`KeepFloat`).
 
-TensorRT: Paddle's QDQ graph with the passes in ``passes.tensorrt`` (symmetric int8 is
-what TensorRT's explicit quantization wants).
+:func:`to_int8` is the stage: quantize once, prepare each requested target, gate each
+artifact's fidelity on ``QuantizeConfig.max_drop`` — the only place the gate runs for builds
+and benchmarks.
 """
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import onnx
 
-from ..bench.latency import Latency, measure
-from ..errors import ConversionError
+from ..errors import ConversionError, TritongenError
 from ..intake.spec import ModelSpec
+from ..measure import Latency, cpu_info, measure
 from ..processing.runners import OnnxRuntimeRunner
+from ..quantize import OrtRecipe, QuantizedModel, QuantizeConfig, quantize
 from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
 from .onnx import paddle_to_onnx
@@ -41,11 +46,52 @@ from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, a
                                  rename_outputs)
 
 NEAR_TIE = 0.005  # fidelity differences below this are noise on a small held-out set
+Step = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------ artifacts
+
+
+class Int8Report(ABC):
+    """What a target did, for ``tritongen_build.json`` and the console."""
+
+    @abstractmethod
+    def to_dict(self) -> dict: ...
+
+    def lines(self) -> list[str]:
+        return []
+
+
+@dataclass
+class Int8Artifact:
+    target: str
+    quantized: QuantizedModel  # the INT8 Paddle export everything starts from
+    onnx: Path | None  # the INT8 ONNX the runtime runs (None: Paddle runs quantized.spec itself)
+    fidelity: FidelityReport  # this artifact vs FP32 on held-out images: what the gate checks
+    report: Int8Report
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.quantized.spec
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "quantization": self.quantized.record.to_dict(),
+                "paddle_fidelity": self.quantized.fidelity.to_dict(), "fidelity": self.fidelity.to_dict(),
+                self.target: self.report.to_dict(), "notes": list(self.notes)}
+
+
+@dataclass
+class PaddleInt8Report(Int8Report):
+    engine: str = "Paddle Inference, oneDNN INT8"
+
+    def to_dict(self) -> dict:
+        return {"engine": self.engine}
 
 
 @dataclass
 class Int8Candidate:
-    recipe: str
+    recipe: OrtRecipe
     path: Path
     fusion: FusionReport
     fidelity: FidelityReport
@@ -54,26 +100,183 @@ class Int8Candidate:
     def row(self) -> dict:
         metric, value = self.fidelity.headline
         second, second_value = self.fidelity.secondary
-        return {"recipe": self.recipe, metric: round(value, 4), second: round(second_value, 5),
+        return {"recipe": self.recipe.value, metric: round(value, 4), second: round(second_value, 5),
                 "fused": f"{self.fusion.fused}/{self.fusion.convs}", "latency_ms": round(self.latency.median_ms, 2)}
 
 
 @dataclass
-class Int8Choice:
+class OrtInt8Report(Int8Report):
     chosen: Int8Candidate
     candidates: list[Int8Candidate]
     fp32_latency: Latency
-    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "recipe: why" for recipes that could not run
 
     @property
     def speedup(self) -> float:
         return self.fp32_latency.median_ms / self.chosen.latency.median_ms
 
     def to_dict(self) -> dict:
-        return {"chosen": self.chosen.recipe, "speedup_vs_fp32": round(self.speedup, 3),
+        return {"chosen": self.chosen.recipe.value, "speedup_vs_fp32": round(self.speedup, 3),
                 "fp32_latency_ms": round(self.fp32_latency.median_ms, 2),
-                "candidates": [c.row() for c in self.candidates], "notes": self.notes,
-                "fidelity": self.chosen.fidelity.to_dict()}
+                "candidates": [c.row() for c in self.candidates], "skipped": list(self.skipped)}
+
+    def lines(self) -> list[str]:
+        rows = [f"  {c.recipe.value}: {c.fidelity.summary()}; {c.fusion}; {c.latency}" for c in self.candidates]
+        rows += [f"  skipped {why}" for why in self.skipped]
+        return rows + [f"chose {self.chosen.recipe.value}: {self.speedup:.2f}x FP32 speed "
+                       f"({self.fp32_latency.median_ms:.1f} ms FP32)"]
+
+
+@dataclass
+class TensorRTInt8Report(Int8Report):
+    quantize_nodes: int
+    recipe: str = "paddle-qdq"
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe, "quantize_nodes": self.quantize_nodes}
+
+
+# ------------------------------------------------------------------------------ registry
+
+INT8_TARGETS: dict[str, type["Int8Target"]] = {}
+
+
+def register_int8_target(cls: type["Int8Target"]) -> type["Int8Target"]:
+    if cls.name in INT8_TARGETS:
+        raise ValueError(f"INT8 target {cls.name!r} is registered twice")
+    INT8_TARGETS[cls.name] = cls
+    return cls
+
+
+def get_int8_target(name: str) -> "Int8Target":
+    if name not in INT8_TARGETS:
+        raise TritongenError(f"unknown INT8 target {name!r}; known: {', '.join(INT8_TARGETS)}")
+    return INT8_TARGETS[name]()
+
+
+class Int8Target(ABC):
+    name: ClassVar[str]
+    needs_onnx: ClassVar[bool]  # whether prepare() needs the FP32 ONNX conversion
+
+    @abstractmethod
+    def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
+        """The artifact this target serves, with its fidelity to FP32 measured."""
+
+
+@register_int8_target
+class PaddleOneDnn(Int8Target):
+    name = "paddle-onednn"
+    needs_onnx = False
+
+    def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
+        return Int8Artifact(self.name, quantized, None, quantized.fidelity, PaddleInt8Report())
+
+
+@register_int8_target
+class TensorRTInt8(Int8Target):
+    """Paddle's QDQ graph as it is: symmetric int8 with zero point 0 is TensorRT's explicit
+    quantization. The tensorrt backend's pass chain (int32 bias DQ folded, FP16 outside Q/DQ with
+    --fp16) runs on it before the plan is built or shipped. TensorRT cannot run here, so the
+    fidelity reported is Paddle's INT8 program (the same scales)."""
+
+    name = "tensorrt"
+    needs_onnx = True
+
+    def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
+        path = paddle_qdq_onnx(quantized.spec, work / "tensorrt_qdq.onnx")
+        q = sum(1 for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear")
+        return Int8Artifact(self.name, quantized, path, quantized.fidelity, TensorRTInt8Report(q))
+
+
+@register_int8_target
+class OnnxRuntimeInt8(Int8Target):
+    name = "onnxruntime"
+    needs_onnx = True
+    latency_budget_s: float = 3.0
+
+    def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
+        """Build each recipe, measure it against the FP32 ONNX on held-out images, choose one."""
+        if fp32_onnx is None:
+            raise ConversionError("the onnxruntime INT8 target needs the FP32 ONNX model")
+        fp32, int8, data = quantized.fp32, quantized.spec, quantized.data
+        config = fp32.pipeline_config()
+        keep = KeepFloat.for_model(quantized)
+        reference = OnnxRuntimeRunner(fp32_onnx, threads=1)
+        sample = data.holdout.batch([0])  # every feed of one image
+        fp32_latency = _latency(fp32_onnx, sample, self.latency_budget_s)
+        candidates, skipped = [], []
+        paddle_qdq: Path | None = None
+        for recipe in quantized.config.recipes:
+            step(f"INT8 recipe {recipe.value}: building, checking fidelity and speed")
+            out = work / f"int8_{recipe.value}.onnx"
+            try:  # a recipe that cannot run on this model is skipped with its reason, never fatal alone
+                if paddle_qdq is None:
+                    paddle_qdq = paddle_qdq_onnx(int8, work / "paddle_qdq.onnx")
+                ORT_RECIPES[recipe](paddle_qdq=paddle_qdq, out=out, fp32_onnx=fp32_onnx, data=data, keep_float=keep)
+                # One set of names whatever the recipe started from: the quantized program's fetch names.
+                onnx.save(rename_outputs(onnx.load(str(out)), [t.name for t in int8.outputs]), str(out))
+                runner = OnnxRuntimeRunner(out, threads=1)
+                report = compare(reference, runner, data.holdout, config, reference_name="FP32 ONNX Runtime",
+                                 candidate_name=f"INT8 ONNX Runtime ({recipe.value})")
+                latency = _latency(out, sample, self.latency_budget_s)
+            except Exception as exc:  # noqa: BLE001  onnx/ORT/paddle2onnx raise anything; the reason is kept
+                skipped.append(f"{recipe.value}: {_one_line(exc)}")
+                continue
+            candidates.append(Int8Candidate(recipe, out, fusion_report(out), report, latency))
+        if not candidates:
+            raise ConversionError(f"no ONNX Runtime INT8 recipe runs on {fp32.name}: " + "; ".join(skipped))
+        report = OrtInt8Report(choose(candidates), candidates, fp32_latency, skipped)
+        notes = [f"INT8 recipe skipped: {why}" for why in skipped]
+        if report.speedup < 1.0:
+            cpu = cpu_info()
+            notes.append(f"INT8 ({report.chosen.latency.median_ms:.1f} ms) is not faster than FP32 "
+                         f"({fp32_latency.median_ms:.1f} ms) on this CPU, {cpu}: {cpu.int8_expectation()}")
+        return Int8Artifact(self.name, quantized, report.chosen.path, report.chosen.fidelity, report, notes)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+@dataclass
+class Int8Result:
+    quantized: QuantizedModel
+    artifacts: dict[str, Int8Artifact]  # target name -> artifact
+    skipped: dict[str, str] = field(default_factory=dict)  # target name -> why it could not be prepared
+
+
+def to_int8(
+    fp32: ModelSpec, config: QuantizeConfig, targets: Sequence[Int8Target], work: Path,
+    fp32_onnx: Path | None = None, step: Step = lambda message: None, gate: bool = True, keep_going: bool = False,
+) -> Int8Result:
+    """Quantize ``fp32`` once, prepare every target's artifact, gate each on ``config.max_drop``.
+    ``keep_going`` (benchmarks): a target that fails is recorded in ``skipped``, the others go on."""
+    if fp32.is_quantized:
+        raise TritongenError(f"{fp32.source_dir} is already quantized; build it without --int8")
+    quantized = quantize(fp32, config, work / "int8_export", gate=False, step=step)
+    step(f"Paddle INT8 vs FP32: {quantized.fidelity.summary()}")
+    result = Int8Result(quantized, {})
+    for target in targets:
+        try:
+            artifact = target.prepare(quantized, fp32_onnx, work, step)
+        except TritongenError as exc:
+            if not keep_going:
+                raise
+            result.skipped[target.name] = str(exc)
+            continue
+        for line in artifact.report.lines():
+            step(line)
+        if gate:
+            artifact.fidelity.check(config.max_drop)
+        result.artifacts[target.name] = artifact
+    return result
+
+
+# ------------------------------------------------------------------------------ ONNX Runtime recipes
 
 
 def paddle_qdq_onnx(int8: ModelSpec, out: Path, opset: int = 13) -> Path:
@@ -116,16 +319,13 @@ class KeepFloat:
     Reshape, ...) would otherwise quantize."""
 
     tensors: frozenset[str] = frozenset()
-    detection_image_input: str | None = None  # set for detectors
+    detection_image_input: str | None = None  # set for models whose tail stays float (detectors)
 
     @classmethod
-    def for_model(cls, fp32: ModelSpec, int8: ModelSpec) -> "KeepFloat":
-        from ..quantize import QUANT_FILE
-
-        settings_file = int8.source_dir / QUANT_FILE
-        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
-        return cls(frozenset(settings.get("skip_tensors") or ()),
-                   fp32.image_input.name if fp32.task == "detection" else None)
+    def for_model(cls, quantized: QuantizedModel) -> "KeepFloat":
+        fp32 = quantized.fp32
+        return cls(frozenset(quantized.config.skip_tensors),
+                   fp32.image_input.name if fp32.task_kind.keeps_tail_float else None)
 
     def nodes(self, model: onnx.ModelProto) -> list[str]:
         """Names of the nodes ORT must not quantize (nodes producing or reading a kept tensor;
@@ -208,67 +408,16 @@ def _ort_calibration_recipe(paddle_qdq: Path, out: Path, fp32_onnx: Path, data: 
     return _ort_quantize(fp32_onnx, out, data, None, keep_float)
 
 
-ORT_RECIPES: dict[str, Callable[..., Path]] = {
-    "paddle-scales": _paddle_scales_recipe,
-    "ort-placement": _ort_placement_recipe,
-    "ort-calibration": _ort_calibration_recipe,
+ORT_RECIPES: dict[OrtRecipe, Callable[..., Path]] = {
+    OrtRecipe.PADDLE_SCALES: _paddle_scales_recipe,
+    OrtRecipe.ORT_PLACEMENT: _ort_placement_recipe,
+    OrtRecipe.ORT_CALIBRATION: _ort_calibration_recipe,
 }
 
 
 def _latency(path: Path, sample: dict[str, np.ndarray], budget_s: float) -> Latency:
     runner = OnnxRuntimeRunner(path, threads=1)
     return measure(lambda: runner.run(sample), runs=15, warmup=2, budget_s=budget_s)
-
-
-def int8_for_onnxruntime(
-    fp32: ModelSpec, int8: ModelSpec, fp32_onnx: Path, data: CalibrationData, work_dir: Path,
-    recipes: list[str] | None = None, latency_budget_s: float = 3.0, step: Callable[[str], None] = lambda m: None,
-) -> Int8Choice:
-    """Build each recipe, measure it against the FP32 ONNX on held-out images, choose one."""
-    from .. bench.cpu import cpu_info
-
-    config = fp32.pipeline_config()
-    keep_float = KeepFloat.for_model(fp32, int8)
-    paddle_qdq = paddle_qdq_onnx(int8, work_dir / "paddle_qdq.onnx")
-    reference = OnnxRuntimeRunner(fp32_onnx, threads=1)
-    sample = data.holdout.batch([0])  # every feed of one image
-    fp32_latency = _latency(fp32_onnx, sample, latency_budget_s)
-    candidates = []
-    failures = []
-    for recipe in recipes or list(ORT_RECIPES):
-        step(f"INT8 recipe {recipe}: building, checking fidelity and speed")
-        out = work_dir / f"int8_{recipe}.onnx"
-        try:
-            ORT_RECIPES[recipe](paddle_qdq=paddle_qdq, out=out, fp32_onnx=fp32_onnx, data=data, keep_float=keep_float)
-            # One set of names whatever the recipe started from: the quantized program's fetch names.
-            onnx.save(rename_outputs(onnx.load(str(out)), [t.name for t in int8.outputs]), str(out))
-            runner = OnnxRuntimeRunner(out, threads=1)
-        except Exception as exc:  # one recipe failing must not sink the others
-            failures.append(f"{recipe}: {type(exc).__name__}: {exc}")
-            continue
-        report = compare(reference, runner, data.holdout, config, reference_name="FP32 ONNX Runtime",
-                         candidate_name=f"INT8 ONNX Runtime ({recipe})")
-        candidates.append(Int8Candidate(recipe, out, fusion_report(out), report, _latency(out, sample, latency_budget_s)))
-    if not candidates:
-        raise ConversionError("no INT8 ONNX recipe worked: " + "; ".join(failures))
-    chosen = choose(candidates)
-    choice = Int8Choice(chosen, candidates, fp32_latency, notes=[f"recipe failed: {f}" for f in failures])
-    if choice.speedup < 1.0:
-        choice.notes.append(
-            f"INT8 ({chosen.latency.median_ms:.1f} ms) is not faster than FP32 ({fp32_latency.median_ms:.1f} ms) "
-            f"on this CPU, {cpu_info()}: {cpu_info().int8_expectation()}"
-        )
-    return choice
-
-
-def int8_for_tensorrt(int8: ModelSpec, work_dir: Path) -> tuple[Path, dict]:
-    """Paddle's QDQ graph as it is: symmetric int8 with zero point 0 is TensorRT's explicit
-    quantization. The tensorrt backend then runs passes.tensorrt on it (int32 bias DQ folded,
-    FP16 outside Q/DQ with --fp16) before building or shipping the plan."""
-    path = paddle_qdq_onnx(int8, work_dir / "paddle_qdq.onnx")
-    model = onnx.load(str(path))
-    q = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
-    return path, {"recipe": "paddle-qdq", "quantize_nodes": q}
 
 
 def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
@@ -281,8 +430,6 @@ def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
     return min(contenders, key=lambda c: c.latency.median_ms)
 
 
-def save_choice(choice: Int8Choice, path: Path) -> None:
-    path.write_text(json.dumps(choice.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-
-__all__ = ["int8_for_onnxruntime", "int8_for_tensorrt", "paddle_qdq_onnx", "Int8Choice", "Int8Candidate", "ORT_RECIPES", "save_choice", "asdict"]
+__all__ = ["to_int8", "Int8Result", "Int8Target", "Int8Artifact", "INT8_TARGETS", "get_int8_target", "register_int8_target",
+           "OnnxRuntimeInt8", "TensorRTInt8", "PaddleOneDnn", "OrtInt8Report", "TensorRTInt8Report",
+           "PaddleInt8Report", "Int8Candidate", "KeepFloat", "ORT_RECIPES", "paddle_qdq_onnx", "choose"]

@@ -24,6 +24,7 @@ from ..intake.families import copy_deploy_files, load_yaml
 from ..intake.paddledetection import NMS_OP, nms_op_attrs
 from ..intake.program import read_program
 from ..intake.spec import ModelSpec
+from ..processing.detection import NmsSettings
 
 # Static-graph mode and the global scope are process-wide: prune in a child process.
 _PRUNE_SCRIPT = """
@@ -50,7 +51,7 @@ print(json.dumps({"boxes": boxes, "scores": scores}))
 def cut_nms(spec: ModelSpec, out_dir: Path) -> ModelSpec:
     """``spec`` (NMS in the graph) -> an export in ``out_dir`` ending before ``multiclass_nms3``,
     with the op's settings as the postprocess model's NMS."""
-    if not spec.postprocess.get("nms_in_graph"):
+    if not spec.nms_in_graph:
         return spec
     (attrs,) = nms_op_attrs(spec.model_file)  # intake checked there is exactly one
     if float(attrs.get("nms_eta", 1.0)) != 1.0:
@@ -82,26 +83,26 @@ def cut_nms(spec: ModelSpec, out_dir: Path) -> ModelSpec:
             "NMS outside the graph. Use --backend python-onnxruntime or python-paddle"
         )
     copy_deploy_files(spec.source_dir, out_dir)  # infer_cfg.yml and label files travel along
-    nms = {
+    nms = NmsSettings(
         # float32 attributes: 0.01 is stored as 0.0099999998; the rounded value is the same float32
-        "score_threshold": round(float(attrs.get("score_threshold", 0.0)), 7),
-        "nms_threshold": round(float(attrs.get("nms_threshold", 0.5)), 7),
-        "nms_top_k": int(attrs.get("nms_top_k", -1)),
-        "keep_top_k": int(attrs.get("keep_top_k", -1)),
-        "normalized": bool(attrs.get("normalized", True)),
-        "background_label": int(attrs.get("background_label", 0)),
-    }
+        score_threshold=round(float(attrs.get("score_threshold", 0.0)), 7),
+        nms_threshold=round(float(attrs.get("nms_threshold", 0.5)), 7),
+        nms_top_k=int(attrs.get("nms_top_k", -1)),
+        keep_top_k=int(attrs.get("keep_top_k", -1)),
+        normalized=bool(attrs.get("normalized", True)),
+        background_label=int(attrs.get("background_label", 0)),
+    )
     # The directory is then a complete exclude_nms export: its infer_cfg.yml names the op's NMS.
     config_file = out_dir / spec.config_file.name
     cfg = load_yaml(config_file)
-    cfg["NMS"] = {"name": "MultiClassNMS", **nms}
+    cfg["NMS"] = {"name": "MultiClassNMS", **nms.to_dict()}
     config_file.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    postprocess = {k: v for k, v in spec.postprocess.items() if k != "keep_top_k"}
-    postprocess.update(nms_in_graph=False, nms=nms, nms_cut_from_graph=True)
+    postprocess = dataclasses.replace(spec.postprocess, nms_in_graph=False, keep_top_k=None, nms=nms,
+                                      nms_cut_from_graph=True)
     return dataclasses.replace(
         spec, source_dir=out_dir, config_file=config_file, model_file=model_file, params_file=params_file,
         inputs=list(program.inputs), outputs=[boxes, scores],
         op_types=program.op_types, postprocess=postprocess,
         notes=[*spec.notes, f"{NMS_OP} was cut off the graph: NMS runs batched in the postprocess model with the op's "
-                            f"settings ({', '.join(f'{k}={v}' for k, v in nms.items())})"],
+                            f"settings ({', '.join(f'{k}={v}' for k, v in nms.to_dict().items())})"],
     )

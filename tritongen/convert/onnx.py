@@ -64,7 +64,7 @@ def paddle_to_onnx(spec: ModelSpec, out_path: Path, opset: int = DEFAULT_OPSET, 
     if result.input_names != expected_in:
         raise ConversionError(f"ONNX inputs {result.input_names} differ from the Paddle feeds {expected_in}")
     if validate:
-        if spec.postprocess.get("nms_in_graph"):
+        if spec.nms_in_graph:
             result.validation = _compare_nms_graph(spec, out_path, opset)
         else:
             result.validation = compare_with_paddle(spec, out_path)
@@ -159,7 +159,7 @@ def _run_onnx(onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
 
 def compare_with_paddle(spec: ModelSpec, onnx_path: Path, atol: float = VALIDATION_ATOL) -> dict[str, float]:
     # paddle2onnx's NonMaxSuppression runs one image at a time
-    feeds = sample_inputs(spec, batch=1 if spec.postprocess.get("nms_in_graph") else 2)
+    feeds = sample_inputs(spec, batch=1 if spec.nms_in_graph else 2)
     expected = PaddleInferenceRunner(spec.model_file, spec.params_file).run(feeds)
     actual = _run_onnx(onnx_path, feeds)
     diffs: dict[str, float] = {}

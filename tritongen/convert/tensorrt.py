@@ -184,18 +184,18 @@ def check_precision(model, fp16: bool, int8: bool) -> None:
                                 "networks take precision from the graph: run to_fp16_outside_qdq first")
 
 
+def tensorrt_passes(fp16: bool) -> tuple[str, ...]:
+    """The pass chain that prepares an ONNX model for a TensorRT 10 strongly typed build."""
+    return ("remove_int32_bias_dequantize", *(("to_fp16_outside_qdq",) if fp16 else ()))
+
+
 def prepare_onnx(source: Path, target: Path, fp16: bool = False, int8: bool = False) -> list[PassReport]:
     """Write ``source`` prepared for a TensorRT 10 strongly typed build to ``target``."""
     import onnx
 
-    from .passes.tensorrt import remove_int32_bias_dequantize, to_fp16_outside_qdq
+    from .passes import run_passes
 
-    model = onnx.load(str(source))
-    model, report = remove_int32_bias_dequantize(model)
-    reports = [report]
-    if fp16:
-        model, report = to_fp16_outside_qdq(model)
-        reports.append(report)
+    model, reports = run_passes(onnx.load(str(source)), tensorrt_passes(fp16))
     check_precision(model, fp16, int8)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
@@ -289,6 +289,6 @@ def build_plan(
 
 __all__ = [
     "PlanInfo", "TensorRTError", "TensorRTUnavailable", "TRITON_IMAGE", "TRITON_TENSORRT_VERSION", "TRITON_TRTEXEC",
-    "all_profiles", "build_plan", "check_precision", "prepare_onnx", "profile_shapes", "shell_command", "tensorrt_available",
+    "all_profiles", "build_plan", "check_precision", "prepare_onnx", "tensorrt_passes", "profile_shapes", "shell_command", "tensorrt_available",
     "trtexec_command",
 ]

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from .. import __version__
 from ..errors import EmitError
+from ..convert.runtime import RuntimeArtifact
 from ..intake.spec import ModelSpec
 from .pbtxt import render_config, template_path
 
@@ -65,18 +66,27 @@ class Backend(ABC):
     # ensembles only; other platforms need the official container (docker/).
     served_locally: ClassVar[bool]
     description: ClassVar[str]
-    # Which INT8 ONNX graph pass chain prepares the model for this backend (convert.int8.TARGETS).
-    onnx_target: ClassVar[str | None] = None
+    # The INT8 target (convert.int8.INT8_TARGETS) whose artifact this backend's runtime serves.
+    int8_target: ClassVar[str]
+    # Whether --fp16 (run what is not INT8 in half precision) applies.
+    accepts_fp16: ClassVar[bool] = False
     # Whether RuntimeOptions.trt_accelerator (ONNX Runtime's TensorRT execution provider) applies.
     accepts_trt_accelerator: ClassVar[bool] = False
     # Whether the runtime model can run a graph ending in multiclass_nms3 (the Python models
     # make its outputs batch-major); other backends get the graph with the op cut off.
     runs_nms_graphs: ClassVar[bool] = False
 
+    # Whether the convert stage builds a TensorRT plan for this backend (convert.runtime).
+    builds_tensorrt_plan: ClassVar[bool] = False
+
+    def onnx_passes(self, options: RuntimeOptions) -> tuple[str, ...]:
+        """The graph passes (convert.passes names) the convert stage runs on the ONNX this backend ships."""
+        return ()
+
     @abstractmethod
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
+    def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
         """Files and settings of the runtime model. ``spec`` is the (possibly quantized) Paddle
-        model; ``onnx_path`` the ONNX prepared for this backend when ``needs_onnx``."""
+        model; ``artifact`` what the convert stage prepared (the ONNX after ``onnx_passes``, a plan)."""
 
 
 def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
@@ -86,15 +96,15 @@ def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
 def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:
     """runtime.json ``nms_outputs`` for a detector with multiclass_nms3 inside the graph: the
     runtime model (templates/python/runtime.py) returns its rows + counts batch-major."""
-    if not spec.postprocess.get("nms_in_graph"):
+    if not spec.nms_in_graph:
         return {}
     rows, counts = (t.name for t in spec.outputs)
-    return {"nms_outputs": {"rows": rows, "counts": counts, "keep_top_k": int(spec.postprocess.get("keep_top_k", -1)),
+    return {"nms_outputs": {"rows": rows, "counts": counts, "keep_top_k": spec.postprocess.graph_keep_top_k,
                             "one_image_per_run": one_image_per_run}}
 
 
 def _refuse_nms_in_graph(spec: ModelSpec, backend: str) -> None:
-    if spec.postprocess.get("nms_in_graph"):
+    if spec.nms_in_graph:
         raise EmitError(
             f"--backend {backend} cannot serve {spec.name} as it is: its graph ends in multiclass_nms3, whose outputs "
             "are not batch-major (rows of all images + per-image counts) and whose ONNX form runs one image at a time. "
@@ -107,21 +117,21 @@ def _refuse_nms_in_graph(spec: ModelSpec, backend: str) -> None:
 class OnnxRuntimePlatform(Backend):
     name = "onnxruntime"
     needs_onnx = True
-    onnx_target = "onnxruntime"
+    int8_target = "onnxruntime"
     served_locally = False
     description = "platform onnxruntime_onnx (Triton's ONNX Runtime backend, official container)"
 
     accepts_trt_accelerator = True
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
-        assert onnx_path is not None
+    def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
+        assert artifact.onnx is not None
         _refuse_nms_in_graph(spec, self.name)
         accelerators = []
         if options.trt_accelerator is not None:
-            accelerators.append(ort_tensorrt_accelerator(options, onnx_path))
+            accelerators.append(ort_tensorrt_accelerator(options, artifact.onnx))
         return RuntimeFiles(
             platform="onnxruntime_onnx",
-            files={"model.onnx": onnx_path},
+            files={"model.onnx": artifact.onnx},
             parameters={"intra_op_thread_count": str(options.threads)},
             instance_kind=None,
             gpu_accelerators=accelerators,
@@ -173,18 +183,18 @@ def ort_tensorrt_accelerator(options: RuntimeOptions, onnx_path: Path | None = N
 class PythonOnnxRuntime(Backend):
     name = "python-onnxruntime"
     needs_onnx = True
-    onnx_target = "onnxruntime"
+    int8_target = "onnxruntime"
     served_locally = True
     runs_nms_graphs = True
     description = "Python backend running ONNX Runtime (CPU)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
-        assert onnx_path is not None
+    def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
+        assert artifact.onnx is not None
         return RuntimeFiles(
             backend="python",
             files={
                 "model.py": template_path("python/runtime.py"),
-                "model.onnx": onnx_path,
+                "model.onnx": artifact.onnx,
                 "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads,
                                               **_nms_outputs(spec, one_image_per_run=True)),
             },
@@ -195,13 +205,14 @@ class PythonOnnxRuntime(Backend):
 class PythonPaddle(Backend):
     name = "python-paddle"
     needs_onnx = False
+    int8_target = "paddle-onednn"
     served_locally = True
     runs_nms_graphs = True
     description = "Python backend running Paddle Inference (CPU)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
+    def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
         # Paddle runs quantized programs in INT8 on CPU only through oneDNN.
-        mkldnn = options.int8 or bool(spec.runtime_options.get("enable_mkldnn", False))
+        mkldnn = options.int8 or spec.runtime_options.enable_mkldnn
         return RuntimeFiles(
             backend="python",
             files={
@@ -220,49 +231,41 @@ class PythonPaddle(Backend):
 class TensorRTPlan(Backend):
     name = "tensorrt"
     needs_onnx = True
-    onnx_target = "tensorrt"
+    int8_target = "tensorrt"
+    accepts_fp16 = True
+    builds_tensorrt_plan = True
     served_locally = False
     description = "platform tensorrt_plan (TensorRT 10 plan built on the serving GPU, official container)"
 
-    def runtime(self, spec: ModelSpec, onnx_path: Path | None, options: RuntimeOptions) -> RuntimeFiles:
-        assert onnx_path is not None
+    def onnx_passes(self, options: RuntimeOptions) -> tuple[str, ...]:
+        from ..convert.tensorrt import tensorrt_passes
+
+        return tensorrt_passes(options.fp16)
+
+    def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
         from ..convert import tensorrt as trt_convert
 
         model = options.model_name or "runtime"
         _refuse_nms_in_graph(spec, self.name)
-        chw = list(spec.preprocessed_shape)
-        if any(d < 1 for d in chw):
-            raise EmitError(
-                f"--backend tensorrt needs a fixed per-image input shape; {spec.name} preprocesses to {chw} "
-                "(-1 = depends on the image). Use a fixed crop/resize, or another backend"
+        trt, prepared = artifact.tensorrt, artifact.onnx
+        assert trt is not None and prepared is not None, "the convert stage prepares tensorrt runtimes"
+        if artifact.plan is not None:
+            return RuntimeFiles(
+                platform="tensorrt_plan", files={"model.plan": artifact.plan.path}, instance_kind=None,
+                notes=[
+                    f"{model}/1/model.plan was built here with TensorRT {artifact.plan.tensorrt_version}; it loads only "
+                    "with that TensorRT version and on this GPU model (tritonserver 24.10 runs TensorRT "
+                    f"{trt_convert.TRITON_TENSORRT_VERSION}). Otherwise rebuild the repository on the serving GPU."
+                ],
             )
-        # PaddleDetection graphs also take scale_factor / im_shape: every input needs a profile.
-        extra = {t.name: list(t.shape[1:]) for t in spec.inputs if t.name != spec.image_input.name}
-        try:
-            low, opt, high = trt_convert.profile_shapes(chw, options.max_batch_size)
-            prepared = onnx_path.with_name(f"{onnx_path.stem}.tensorrt.onnx")
-            trt_convert.prepare_onnx(onnx_path, prepared, fp16=options.fp16, int8=options.int8)
-            if trt_convert.tensorrt_available():
-                plan = trt_convert.build_plan(
-                    prepared, prepared.with_name("model.plan"), spec.image_input.name, chw, options.max_batch_size,
-                    fp16=options.fp16, int8=options.int8, extra_inputs=extra,
-                )
-                return RuntimeFiles(
-                    platform="tensorrt_plan", files={"model.plan": plan.path}, instance_kind=None,
-                    notes=[
-                        f"{model}/1/model.plan was built here with TensorRT {plan.tensorrt_version}; it loads only with that "
-                        "TensorRT version and on this GPU model (tritonserver 24.10 runs TensorRT "
-                        f"{trt_convert.TRITON_TENSORRT_VERSION}). Otherwise rebuild the repository on the serving GPU."
-                    ],
-                )
-        except trt_convert.TensorRTError as exc:
-            raise EmitError(f"{model}: {exc}") from None
+        chw, extra = trt.chw, trt.extra
+        low, opt, high = trt.profile
         try:
             args = trt_convert.trtexec_command("@ONNX@", "@PLAN@", spec.image_input.name, chw, options.max_batch_size,
                                                extra_inputs=extra)
         except trt_convert.TensorRTError as exc:  # e.g. an extra input with an image-dependent shape
             raise EmitError(f"{model}: {exc}") from None
-        precision = " + ".join(p for p, on in (("INT8 Q/DQ", options.int8), ("FP16", options.fp16)) if on) or "FP32"
+        precision = trt.precision
         script = render_config(
             "tensorrt/build_plan.sh.j2",
             model=model, version=__version__, image=trt_convert.TRITON_IMAGE,
@@ -280,23 +283,9 @@ class TensorRTPlan(Backend):
         )
         command = trt_convert.trtexec_command(
             "1/model.onnx", "1/model.plan", spec.image_input.name, chw, options.max_batch_size, extra_inputs=extra)
-        readme = (
-            f"# {model}: TensorRT plan not built yet\n\n"
-            f"Triton cannot load `{model}` (platform `tensorrt_plan`), nor the ensemble that uses it, until\n"
-            "`1/model.plan` exists. TensorRT was not installed where this repository was built, so it holds\n"
-            "`1/model.onnx` and `1/build_plan.sh` instead.\n\n"
-            "A plan only runs with the TensorRT version and on the GPU model that built it. Build it on the\n"
-            f"serving GPU, inside the container that will serve it ({trt_convert.TRITON_IMAGE}, TensorRT\n"
-            f"{trt_convert.TRITON_TENSORRT_VERSION}), with the repository mounted read-write:\n\n"
-            "```bash\n"
-            f'docker run --rm --gpus all -v "$PWD/REPO:/models" {trt_convert.TRITON_IMAGE} \\\n'
-            f"    bash /models/{model}/1/build_plan.sh\n"
-            "```\n\n"
-            "`build_plan.sh` runs the equivalent of this trtexec command (paths relative to this directory;\n"
-            f"precision comes from the ONNX tensor types: {precision}):\n\n"
-            f"    {shlex.join(command)}\n\n"
-            "Rebuild the plan after changing the GPU or the container release.\n"
-        )
+        readme = render_config("tensorrt/README.md.j2", model=model, image=trt_convert.TRITON_IMAGE,
+                               tensorrt_version=trt_convert.TRITON_TENSORRT_VERSION, precision=precision,
+                               command=shlex.join(command))
         return RuntimeFiles(
             platform="tensorrt_plan",
             files={"model.onnx": prepared, "build_plan.sh": script},

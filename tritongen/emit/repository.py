@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..convert.runtime import RuntimeArtifact
 from ..errors import EmitError
 from ..intake.spec import ModelSpec
 from ..processing.pipeline import PIPELINE_FILE
@@ -55,7 +56,7 @@ def plan_models(
     spec: ModelSpec,
     backend_name: str,
     name: str,
-    onnx_path: Path | None,
+    runtime: RuntimeArtifact | None,
     max_batch_size: int = 8,
     instances: int = 1,
     min_image_side: int | None = None,
@@ -66,7 +67,8 @@ def plan_models(
     backend = get_backend(backend_name)
     options = options or RuntimeOptions()
     options.max_batch_size = max_batch_size
-    if backend.needs_onnx and onnx_path is None:
+    runtime = runtime or RuntimeArtifact(None)
+    if backend.needs_onnx and runtime.onnx is None:
         raise EmitError(f"backend {backend_name} needs an ONNX model")
     if max_batch_size < 1:
         raise EmitError("max_batch_size must be >= 1")
@@ -97,18 +99,18 @@ def plan_models(
             {"1/model.py": template_path("python/preprocess.py"), **python_files},
         ),
     ]
-    runtime = backend.runtime(spec, onnx_path, options)
-    runtime_ctx = {**common, "platform": runtime.platform, "backend": runtime.backend, "parameters": runtime.parameters,
-                   "gpu_accelerators": runtime.gpu_accelerators}
+    files = backend.runtime(spec, runtime, options)
+    runtime_ctx = {**common, "platform": files.platform, "backend": files.backend, "parameters": files.parameters,
+                   "gpu_accelerators": files.gpu_accelerators}
     models.append(
         ModelDir(
             names["runtime"],
             render_config("model/config.pbtxt.j2", name=names["runtime"], inputs=feeds, outputs=raw_outputs,
-                          instance_count=instances if runtime.instance_kind else 0, instance_kind=runtime.instance_kind,
+                          instance_count=instances if files.instance_kind else 0, instance_kind=files.instance_kind,
                           dynamic_batching=True, **runtime_ctx),
-            {**{f"1/{k}": v for k, v in runtime.files.items()}, **runtime.model_files},
-            executable={f"1/{k}" for k in runtime.executable},
-            notes=list(runtime.notes),
+            {**{f"1/{k}": v for k, v in files.files.items()}, **files.model_files},
+            executable={f"1/{k}" for k in files.executable},
+            notes=list(files.notes),
         )
     )
     models.append(

@@ -13,17 +13,19 @@ from typing import Any, ClassVar
 import yaml
 
 from ..errors import IntakeError
-from ..processing.classification import parse_label_file
+from ..processing.classification import ClassificationSettings, parse_label_file
 from ..processing.errors import OpConfigError
-from ..processing.ops import Pipeline
+from ..processing.ops import Pipeline, pads_batch
 from .program import read_program
-from .spec import ModelSpec, TensorSpec
+from .spec import ModelSpec, PredictorOptions, TensorSpec
 
 FAMILIES: dict[str, type["Family"]] = {}
 MAX_CLASS_ID = 1_000_000  # label lists are dense; a typo'd id must not allocate gigabytes
 
 
 def register_family(cls: type["Family"]) -> type["Family"]:
+    if cls.name in FAMILIES:
+        raise ValueError(f"model family {cls.name!r} is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
     FAMILIES[cls.name] = cls
     return cls
 
@@ -32,6 +34,12 @@ class Family(ABC):
     name: ClassVar[str]
     task: ClassVar[str]
     config_names: ClassVar[tuple[str, ...]]  # deploy yaml file names that identify the family
+
+    @classmethod
+    def pads_batch(cls) -> bool:
+        """Whether the family's predictor batches images of different sizes (zero-padding them);
+        known from its processing op module (``processing/ops_<family>.py``)."""
+        return pads_batch(cls.name)
 
     @classmethod
     def config_file(cls, directory: Path) -> Path | None:
@@ -182,14 +190,17 @@ class PaddleClas(Family):
             names = [t.name for t in program.inputs]
             raise IntakeError(f"{model_file}: a PaddleClas model takes one image input, this one takes {names}")
         check_image_shape(config_file, "PreProcess.transform_ops", model_file, program.inputs[0], pipeline.output_shape())
-        runtime_options = {
-            "enable_mkldnn": bool(get_key(cfg, "Global.enable_mkldnn", config_file, (bool, int), default=False)),
-            "threads": int(get_key(cfg, "Global.cpu_num_threads", config_file, int, default=1)),
-        }
+        threads = get_key(cfg, "Global.cpu_num_threads", config_file, int, default=1)
+        if threads < 1:
+            raise IntakeError(f"{config_file}: key 'Global.cpu_num_threads' must be >= 1, got {threads}")
+        runtime_options = PredictorOptions(
+            enable_mkldnn=bool(get_key(cfg, "Global.enable_mkldnn", config_file, (bool, int), default=False)),
+            threads=threads,
+        )
         return cls.make_spec(
             directory, config_file, model_file, params_file, program,
             preprocess=pipeline.to_config(),
-            postprocess={"topk": topk},
+            postprocess=ClassificationSettings(topk=topk),
             labels=labels,
             runtime_options=runtime_options,
             notes=notes,

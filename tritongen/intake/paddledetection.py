@@ -1,15 +1,16 @@
 """PaddleDetection / PaddleYOLO exports: model.pdmodel/.pdiparams + infer_cfg.yml."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ..errors import IntakeError
-from ..processing.detection import DEFAULT_MAX_DETECTIONS
+from ..processing.detection import DEFAULT_MAX_DETECTIONS, DetectionSettings, NmsSettings
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline
 from .families import Family, check_image_shape, find_model_files, get_key, register_family
-from .program import read_program
+from .program import load_program_desc, read_program
 from .spec import ModelSpec, TensorSpec
 
 FEED_SOURCES = {"image": "image", "scale_factor": "scale_factor", "im_shape": "im_shape"}
@@ -23,12 +24,7 @@ NMS_KEYS = {"name", "score_threshold", "nms_top_k", "keep_top_k", "nms_threshold
 
 def nms_op_attrs(model_file: Path) -> list[dict[str, Any]]:
     """Attributes of every multiclass_nms3 op of the program."""
-    import zlib  # noqa: F401  must precede paddle
-
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString(model_file.read_bytes())
+    program = load_program_desc(model_file)
     found = []
     for block in program.blocks:
         for op in block.ops:
@@ -103,12 +99,9 @@ class PaddleDetection(Family):
         outputs = list(program.outputs)
         if len(outputs) != 2:
             raise IntakeError(f"{model_file}: expected 2 fetches (boxes and box counts or scores), got {[t.name for t in outputs]}")
+        if not 0.0 <= float(draw_threshold) <= 1.0:
+            raise IntakeError(f"{config_file}: key 'draw_threshold' must be within [0, 1], got {draw_threshold}")
         nms_in_graph = NMS_OP in program.op_types
-        postprocess: dict[str, Any] = {
-            "nms_in_graph": nms_in_graph,
-            "score_threshold": float(draw_threshold),
-            "max_detections": DEFAULT_MAX_DETECTIONS,
-        }
         if nms_in_graph:
             attrs = nms_op_attrs(model_file)
             if len(attrs) != 1:
@@ -120,7 +113,8 @@ class PaddleDetection(Family):
                     f"{rows.name} {list(rows.shape)} and {counts.name} {counts.dtype} {list(counts.shape)}"
                 )
             keep_top_k = int(attrs[0].get("keep_top_k", -1))
-            postprocess["keep_top_k"] = keep_top_k
+            postprocess = DetectionSettings(score_threshold=float(draw_threshold), max_detections=DEFAULT_MAX_DETECTIONS,
+                                            nms_in_graph=True, keep_top_k=keep_top_k)
             # The runtime model returns batch-major tensors (see processing.detection.nms_batch_major).
             k_dim = keep_top_k if keep_top_k > 0 else -1
             outputs = [TensorSpec(rows.name, rows.dtype, (-1, k_dim, 6)), TensorSpec(counts.name, "int32", (-1, 1))]
@@ -131,7 +125,8 @@ class PaddleDetection(Family):
                     f"{model_file}: without {NMS_OP} the fetches must be boxes [N, A, 4] and scores [N, C, A]; got "
                     f"{boxes.name} {list(boxes.shape)} and {scores.name} {list(scores.shape)}"
                 )
-            postprocess["nms"] = cls._nms(cfg, config_file)
+            postprocess = DetectionSettings(score_threshold=float(draw_threshold), max_detections=DEFAULT_MAX_DETECTIONS,
+                                            nms=cls._nms(cfg, config_file))
             if labels is not None and scores.shape[1] > 0 and scores.shape[1] != len(labels):
                 raise IntakeError(
                     f"{config_file}: key 'label_list' has {len(labels)} names but {model_file.name} scores {scores.shape[1]} classes"
@@ -146,7 +141,7 @@ class PaddleDetection(Family):
         )
 
     @staticmethod
-    def _nms(cfg: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    def _nms(cfg: dict[str, Any], config_file: Path) -> NmsSettings:
         section = get_key(cfg, "NMS", config_file, dict, default={})
         unknown = sorted(set(section) - NMS_KEYS)
         if unknown:
@@ -162,18 +157,18 @@ class PaddleDetection(Family):
         nms.setdefault("background_label", -1)
         if not 0.0 <= float(nms["nms_threshold"]) <= 1.0:
             raise IntakeError(f"{config_file}: key 'NMS.nms_threshold' must be within [0, 1], got {nms['nms_threshold']}")
-        return {k: (float(v) if k in ("score_threshold", "nms_threshold") else v) for k, v in nms.items()}
+        return NmsSettings.from_dict(nms)
 
 
 def apply_detection_options(spec: ModelSpec, score_threshold: float | None, max_detections: int | None) -> None:
     """``--score-threshold`` / ``--max-detections`` for a detection model."""
-    if spec.task != "detection":
+    if not isinstance(spec.postprocess, DetectionSettings):
         raise IntakeError(f"--score-threshold / --max-detections apply to detection models, not {spec.task}")
     if score_threshold is not None:
         if isinstance(score_threshold, bool) or not 0.0 <= float(score_threshold) <= 1.0:
             raise IntakeError(f"--score-threshold must be within [0, 1], got {score_threshold!r}")
-        spec.postprocess["score_threshold"] = float(score_threshold)
+        spec.postprocess = dataclasses.replace(spec.postprocess, score_threshold=float(score_threshold))
     if max_detections is not None:
         if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
             raise IntakeError(f"--max-detections must be an integer >= 1, got {max_detections!r}")
-        spec.postprocess["max_detections"] = max_detections
+        spec.postprocess = dataclasses.replace(spec.postprocess, max_detections=max_detections)

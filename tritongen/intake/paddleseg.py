@@ -23,12 +23,13 @@ from typing import Any
 from ..errors import IntakeError
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline, build_op
+from ..processing.segmentation import SegmentationOutput, SegmentationSettings
 from .families import Family, check_image_shape, get_key, register_family
 from .program import read_program
 from .spec import ModelSpec
 
 DEPLOY_KEYS = {"model", "params", "transforms", "input_shape", "output_op", "output_dtype"}
-OUTPUT_OPS = ("argmax", "softmax", "none")
+OUTPUT_OPS = tuple(o.value for o in SegmentationOutput)  # argmax, softmax, none
 INTERNAL_OPS = ("ToRGB", "ToFloat32", "ToCHW")  # what the predictor does around the transforms
 
 
@@ -89,9 +90,8 @@ class PaddleSeg(Family):
         if output_op != "argmax" and rank == 3:
             raise IntakeError(
                 f"{config_file}: Deploy.output_op is {output_op!r} but {model_file.name} outputs a label map {list(out.shape)}")
-        postprocess: dict[str, Any] = {"output_op": output_op}
-        if rank == 4 and output_op != "argmax" and out.shape[1] > 0:
-            postprocess["num_classes"] = int(out.shape[1])
+        num_classes = int(out.shape[1]) if rank == 4 and output_op != "argmax" and out.shape[1] > 0 else None
+        postprocess = SegmentationSettings(SegmentationOutput(output_op), num_classes)
         return cls.make_spec(
             directory, config_file, model_file, params_file, program,
             preprocess=pipeline.to_config(),

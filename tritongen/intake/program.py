@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import IntakeError
 from .spec import TensorSpec
+
+if TYPE_CHECKING:
+    from paddle.base.proto import framework_pb2
 
 # paddle/fluid/framework/framework.proto VarType.Type
 _PADDLE_DTYPES = {0: "bool", 1: "int16", 2: "int32", 3: "int64", 4: "float16", 5: "float32", 6: "float64", 20: "uint8", 21: "int8"}
@@ -18,12 +22,12 @@ class ProgramInfo:
     op_types: frozenset[str]
 
 
-def read_program(model_file: Path) -> ProgramInfo:
-    import zlib  # noqa: F401  must precede paddle
-
+def load_program_desc(model_file: Path) -> framework_pb2.ProgramDesc:
+    """The ``.pdmodel`` protobuf, parsed; the one place tritongen reads a Paddle program."""
     from paddle.base.proto import framework_pb2
     from google.protobuf.message import DecodeError
 
+    model_file = Path(model_file)
     program = framework_pb2.ProgramDesc()
     try:
         program.ParseFromString(model_file.read_bytes())
@@ -31,6 +35,16 @@ def read_program(model_file: Path) -> ProgramInfo:
         raise IntakeError(f"{model_file}: not a Paddle inference program ({exc})") from None
     if not program.blocks:
         raise IntakeError(f"{model_file}: the program has no blocks")
+    return program
+
+
+def save_program_desc(program: framework_pb2.ProgramDesc, model_file: Path) -> None:
+    """Write ``program`` (a :func:`load_program_desc` result, edited) back to ``model_file``."""
+    Path(model_file).write_bytes(program.SerializeToString())
+
+
+def read_program(model_file: Path) -> ProgramInfo:
+    program = load_program_desc(model_file)
     block = program.blocks[0]
     variables = {v.name: v for v in block.vars}
 

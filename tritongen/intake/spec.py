@@ -5,8 +5,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..processing.classification import ClassificationSettings
+from ..processing.detection import DetectionSettings
 from ..processing.ops import Pipeline
 from ..processing.pipeline import PipelineConfig
+from ..processing.segmentation import SegmentationSettings
+from ..tasks import Task, task_named
+
+PostprocessSettings = ClassificationSettings | DetectionSettings | SegmentationSettings
 
 
 @dataclass(frozen=True)
@@ -14,6 +20,20 @@ class TensorSpec:
     name: str
     dtype: str  # numpy name: "float32", "int64", ...
     shape: tuple[int, ...]  # -1 = dynamic; the first axis is the batch
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How the export's deploy config asks Paddle Inference to run it (PaddleClas ``Global``)."""
+
+    enable_mkldnn: bool = False
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enable_mkldnn, bool):
+            raise ValueError(f"enable_mkldnn must be true or false, got {self.enable_mkldnn!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
 
 
 @dataclass
@@ -30,14 +50,30 @@ class ModelSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     preprocess: list[dict[str, Any]]  # ops in order, the form Pipeline.from_config takes
-    postprocess: dict[str, Any]
+    postprocess: PostprocessSettings  # the task's settings class (task_kind.settings)
     labels: list[str] | None = None
     op_types: frozenset[str] = field(default_factory=frozenset)
-    runtime_options: dict[str, Any] = field(default_factory=dict)
+    runtime_options: PredictorOptions = field(default_factory=PredictorOptions)
     notes: list[str] = field(default_factory=list)  # things the user should know (missing label file, ...)
     # Model feed -> what fills it ("image", "im_shape", "scale_factor"); default: the image feed only.
     feeds: dict[str, str] = field(default_factory=dict)
     side: list[str] = field(default_factory=list)  # side tensors preprocess -> postprocess (e.g. ORIG_SIZE)
+
+    def __post_init__(self) -> None:
+        settings = self.task_kind.settings
+        if not isinstance(self.postprocess, settings):
+            raise TypeError(f"{self.task} postprocess settings must be {settings.__name__}, "
+                            f"got {type(self.postprocess).__name__}")
+
+    @property
+    def task_kind(self) -> type[Task]:
+        """The task's registry entry (tritongen.tasks): settings and result types, capabilities."""
+        return task_named(self.task)
+
+    @property
+    def nms_in_graph(self) -> bool:
+        """A detector whose graph ends in multiclass_nms3 (rows of all images + per-image counts)."""
+        return isinstance(self.postprocess, DetectionSettings) and self.postprocess.nms_in_graph
 
     @property
     def is_quantized(self) -> bool:

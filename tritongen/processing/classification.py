@@ -1,13 +1,37 @@
 """PaddleClas ``Topk`` postprocessing (deploy/python/postprocess.py semantics)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .settings import check_int, check_keys
+
 if TYPE_CHECKING:
     from .pipeline import PipelineConfig
+
+
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """PaddleClas ``PostProcess.Topk``: how many classes each result lists (``{"topk": k}`` in pipeline.json)."""
+
+    topk: int = 5
+
+    def __post_init__(self) -> None:
+        check_int("topk", self.topk, minimum=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"topk": self.topk}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClassificationSettings":
+        check_keys("classification", data, {"topk"})
+        return cls(**data)
+
+
+Settings = ClassificationSettings  # what PipelineConfig builds from pipeline.json's "postprocess"
 
 
 def topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +74,7 @@ def label_names(ids: np.ndarray, labels: list[str]) -> np.ndarray:
 
 def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
     """Ensemble results: (name, numpy dtype or 'bytes', dims without the batch axis)."""
-    k = int(config.postprocess["topk"])
+    k = config.postprocess.topk
     result = [("LABEL_IDS", "int32", [k]), ("SCORES", "float32", [k])]
     if config.labels is not None:
         result.append(("LABELS", "bytes", [k]))
@@ -61,7 +85,7 @@ class Postprocessor:
     """Model scores [N, C] -> LABEL_IDS / SCORES (/ LABELS) [N, K]."""
 
     def __init__(self, config: "PipelineConfig"):
-        self.k = int(config.postprocess["topk"])
+        self.k = config.postprocess.topk
         self.labels = config.labels
         self.scores_name = config.outputs[0]
 

@@ -18,11 +18,13 @@ numpy / stdlib only: this module is copied into generated Triton models.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .classification import label_names
+from .settings import as_float, check_bool, check_int, check_keys
 
 if TYPE_CHECKING:
     from .pipeline import PipelineConfig
@@ -30,8 +32,104 @@ if TYPE_CHECKING:
 DEFAULT_MAX_DETECTIONS = 100
 
 
+@dataclass(frozen=True)
+class NmsSettings:
+    """``multiclass_nms3`` attributes for an export without NMS in the graph (the yaml's
+    ``NMS`` section, or the op's own attributes when tritongen cut it off)."""
+
+    score_threshold: float
+    nms_threshold: float
+    nms_top_k: int  # -1: every candidate
+    keep_top_k: int  # -1: every detection
+    normalized: bool = True
+    background_label: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score_threshold", as_float("nms.score_threshold", self.score_threshold))
+        object.__setattr__(self, "nms_threshold", as_float("nms.nms_threshold", self.nms_threshold, 0.0, 1.0))
+        check_int("nms.nms_top_k", self.nms_top_k)
+        check_int("nms.keep_top_k", self.keep_top_k)
+        check_bool("nms.normalized", self.normalized)
+        check_int("nms.background_label", self.background_label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
+                "nms_top_k": self.nms_top_k, "keep_top_k": self.keep_top_k, "normalized": self.normalized,
+                "background_label": self.background_label}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NmsSettings":
+        check_keys("detection nms", data, {"score_threshold", "nms_threshold", "nms_top_k", "keep_top_k", "normalized",
+                                           "background_label"})
+        try:
+            return cls(**data)
+        except TypeError:  # a required key is missing
+            missing = sorted({"score_threshold", "nms_threshold", "nms_top_k", "keep_top_k"} - set(data))
+            raise ValueError(f"detection nms settings lack {', '.join(missing)}") from None
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """What turns a detector's raw outputs into results.
+
+    ``nms_in_graph``: the network ends in ``multiclass_nms3`` (``keep_top_k`` is the op's);
+    otherwise ``nms`` is the NMS this package runs (``nms_cut_from_graph``: tritongen cut the
+    op off, see convert/nms.py). ``score_threshold`` / ``max_detections`` filter the results.
+    """
+
+    score_threshold: float = 0.5
+    max_detections: int = DEFAULT_MAX_DETECTIONS
+    nms_in_graph: bool = False
+    keep_top_k: int | None = None  # NMS in the graph: the op's keep_top_k (-1: all)
+    nms: NmsSettings | None = None  # NMS outside the graph
+    nms_cut_from_graph: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score_threshold", as_float("score_threshold", self.score_threshold, 0.0, 1.0))
+        check_int("max_detections", self.max_detections, minimum=1)
+        check_bool("nms_in_graph", self.nms_in_graph)
+        check_bool("nms_cut_from_graph", self.nms_cut_from_graph)
+        if self.keep_top_k is not None:
+            check_int("keep_top_k", self.keep_top_k)
+        if isinstance(self.nms, dict):
+            object.__setattr__(self, "nms", NmsSettings.from_dict(self.nms))
+        if self.nms_in_graph:
+            if self.nms is not None or self.nms_cut_from_graph:
+                raise ValueError("nms / nms_cut_from_graph apply to a graph without NMS, but nms_in_graph is true")
+        else:
+            if self.nms is None:
+                raise ValueError("a detector without NMS in the graph needs nms settings")
+            if self.keep_top_k is not None:
+                raise ValueError("keep_top_k applies to NMS in the graph; without it, use nms.keep_top_k")
+
+    @property
+    def graph_keep_top_k(self) -> int:
+        """The in-graph NMS's keep_top_k, -1 when unknown or unlimited."""
+        return -1 if self.keep_top_k is None else self.keep_top_k
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"nms_in_graph": self.nms_in_graph, "score_threshold": self.score_threshold,
+                               "max_detections": self.max_detections}
+        if self.keep_top_k is not None:
+            out["keep_top_k"] = self.keep_top_k
+        if self.nms is not None:
+            out["nms"] = self.nms.to_dict()
+        if self.nms_cut_from_graph:
+            out["nms_cut_from_graph"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DetectionSettings":
+        check_keys("detection", data, {"nms_in_graph", "score_threshold", "max_detections", "keep_top_k", "nms",
+                                       "nms_cut_from_graph"})
+        return cls(**data)
+
+
+Settings = DetectionSettings  # what PipelineConfig builds from pipeline.json's "postprocess"
+
+
 def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
-    k = int(config.postprocess.get("max_detections", DEFAULT_MAX_DETECTIONS))
+    k = config.postprocess.max_detections
     result = [
         ("NUM_DETECTIONS", "int32", [1]),
         ("BOXES", "float32", [k, 4]),
@@ -126,12 +224,12 @@ class Postprocessor:
     """Raw outputs -> NUM_DETECTIONS [N, 1], BOXES [N, K, 4], SCORES / LABEL_IDS (/ LABELS) [N, K]."""
 
     def __init__(self, config: "PipelineConfig"):
-        post = config.postprocess
-        self.k = int(post.get("max_detections", DEFAULT_MAX_DETECTIONS))
-        self.score_threshold = float(post.get("score_threshold", 0.5))
-        self.nms_in_graph = bool(post.get("nms_in_graph", False))
-        self.nms = dict(post.get("nms", {}))
-        self.keep_top_k = int(post.get("keep_top_k", self.nms.get("keep_top_k", -1)))
+        settings: DetectionSettings = config.postprocess
+        self.k = settings.max_detections
+        self.score_threshold = settings.score_threshold
+        self.nms_in_graph = settings.nms_in_graph
+        self.nms = settings.nms
+        self.keep_top_k = settings.graph_keep_top_k
         self.labels = config.labels
         self.first, self.second = config.outputs[0], config.outputs[1]
 
@@ -144,7 +242,7 @@ class Postprocessor:
             counts = counts.reshape(len(rows), -1)[:, 0]
             return [rows[i, : int(n)] for i, n in enumerate(counts)]
         boxes, scores = np.asarray(raw[self.first]), np.asarray(raw[self.second])
-        return [multiclass_nms(boxes[i], scores[i], **self.nms) for i in range(len(boxes))]
+        return [multiclass_nms(boxes[i], scores[i], **self.nms.to_dict()) for i in range(len(boxes))]
 
     def __call__(self, raw: dict[str, np.ndarray], side: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         per_image = self.per_image_rows(raw)

@@ -59,6 +59,32 @@ def ops_for(family: str) -> dict[str, type["Op"]]:
     return {**OPS.get(COMMON, {}), **OPS.get(family, {})}
 
 
+# Batchers by model family: how a family's predictor stacks the image tensors of one batch
+# when they differ in size (PaddleDetection zero-pads). A family without one needs equal shapes.
+BATCHERS: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {}
+
+
+def register_batcher(family: str):
+    def add(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:
+        if family in BATCHERS:
+            raise ValueError(f"model family {family!r} has two batchers")
+        BATCHERS[family] = fn
+        return fn
+
+    return add
+
+
+def batcher_for(family: str) -> Callable[[list[np.ndarray]], np.ndarray] | None:
+    """The family's batcher (from its ``ops_<family>.py``), None if it stacks equal shapes only."""
+    ops_for(family)  # imports the family's op module, which registers its batcher
+    return BATCHERS.get(family)
+
+
+def pads_batch(family: str) -> bool:
+    """Whether the family batches images that preprocess to different sizes (by padding)."""
+    return batcher_for(family) is not None
+
+
 def initial_info(img: np.ndarray) -> Info:
     """What PaddleDetection's deploy decode_image records, plus the original size."""
     h, w = img.shape[:2]

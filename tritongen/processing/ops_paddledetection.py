@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import OpConfigError, PreprocessError
-from .ops import Info, Op, Shape, register
+from .ops import Info, Op, Shape, register, register_batcher
 
 FAMILY = "paddledetection"
 
@@ -240,6 +240,7 @@ class LetterBoxResize(Op):
         return (self.height, self.width, shape[2], shape[3])
 
 
+@register_batcher(FAMILY)
 def pad_batch(tensors: list[np.ndarray]) -> np.ndarray:
     """Stack CHW tensors, zero-padding each to the batch's largest h, w (``create_inputs``)."""
     if len({t.shape for t in tensors}) == 1:

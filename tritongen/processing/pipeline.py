@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import PreprocessError
 from .image import DEFAULT_MIN_SIDE, decode_image
-from .ops import Info, Pipeline
+from .ops import Info, Pipeline, batcher_for
 
 PIPELINE_FILE = "pipeline.json"
 # Feed sources: the preprocessed image, or an entry of the per-image side data.
@@ -33,24 +33,42 @@ class PipelineConfig:
     outputs: list[str]  # the network's raw outputs, in order
     preprocess: list[dict[str, Any]]
     family: str = "paddleclas"
-    postprocess: dict[str, Any] = field(default_factory=dict)
+    # The task's settings dataclass (``<task>.Settings``); a plain dict (pipeline.json's form)
+    # is turned into it, so a loaded config is typed like one built in process.
+    postprocess: Any = field(default_factory=dict)
     labels: list[str] | None = None
     min_image_side: int = DEFAULT_MIN_SIDE
     side: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        settings = task_module(self.task).Settings
+        if isinstance(self.postprocess, dict):
+            self.postprocess = settings.from_dict(self.postprocess)
+        elif not isinstance(self.postprocess, settings):
+            raise ValueError(f"{self.task} postprocess settings must be {settings.__name__}, "
+                             f"got {type(self.postprocess).__name__}")
 
     @property
     def image_feed(self) -> str:
         return next(name for name, source in self.feeds.items() if source == "image")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (``postprocess`` as its dict form)."""
+        return {**asdict(self), "postprocess": self.postprocess.to_dict()}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
+        return cls(**data)  # __post_init__ rebuilds the typed postprocess settings
+
+    @classmethod
     def load(cls, path: str | Path) -> "PipelineConfig":
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 class Preprocessor:
@@ -59,6 +77,7 @@ class Preprocessor:
     def __init__(self, config: PipelineConfig):
         self.config = config
         self.ops = Pipeline.from_config(config.preprocess, config.family)
+        self.batcher = batcher_for(config.family)  # e.g. PaddleDetection zero-pads to the largest h, w
 
     def sample(self, data: bytes) -> tuple[np.ndarray, Info]:
         return self.ops.run(decode_image(data, self.config.min_image_side))
@@ -85,10 +104,8 @@ class Preprocessor:
         return batch
 
     def _stack_images(self, tensors: list[np.ndarray]) -> np.ndarray:
-        if self.config.family == "paddledetection":  # its predictor zero-pads to the batch's largest h, w
-            from .ops_paddledetection import pad_batch
-
-            return pad_batch(tensors)
+        if self.batcher is not None:
+            return self.batcher(tensors)
         shapes = {t.shape for t in tensors}
         if len(shapes) > 1:
             raise PreprocessError(
@@ -100,7 +117,8 @@ class Preprocessor:
 
 def task_module(task: str):
     """The module of a task (classification, detection, segmentation): it defines
-    ``Postprocessor(config)`` and ``outputs(config)``, the ensemble's result tensors."""
+    ``Settings`` (its postprocess settings dataclass), ``Postprocessor(config)`` and
+    ``outputs(config)``, the ensemble's result tensors."""
     import importlib
 
     try:

@@ -15,12 +15,15 @@ Ensemble results:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .ops import Pipeline
 from .pipeline import ORIG_SIZE
+from .settings import check_int, check_keys
 
 if TYPE_CHECKING:
     from .pipeline import PipelineConfig
@@ -28,14 +31,58 @@ if TYPE_CHECKING:
 IGNORE_INDEX = 255  # PaddleSeg's ignore_index; fills LABEL_MAP beyond an image's own size
 
 
+class SegmentationOutput(str, Enum):
+    """What the network returns; the values are PaddleSeg's ``Deploy.output_op``."""
+
+    LABEL_MAP = "argmax"  # int label map [N, h, w] (or [N, 1, h, w])
+    SCORES = "softmax"  # softmax probabilities [N, C, h, w]
+    LOGITS = "none"  # raw class scores [N, C, h, w]
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """``{"output_op": ..., "num_classes": C}`` in pipeline.json; num_classes when the
+    network returns per-class scores of a static class count."""
+
+    output_op: SegmentationOutput
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "output_op", SegmentationOutput(self.output_op))
+        except ValueError:
+            known = ", ".join(o.value for o in SegmentationOutput)
+            raise ValueError(f"output_op must be one of {known}, got {self.output_op!r}") from None
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, minimum=1)
+            if self.output_op is SegmentationOutput.LABEL_MAP:
+                raise ValueError("num_classes applies to class scores, but output_op is 'argmax' (a label map)")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"output_op": self.output_op.value}
+        if self.num_classes is not None:
+            out["num_classes"] = self.num_classes
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegmentationSettings":
+        check_keys("segmentation", data, {"output_op", "num_classes"})
+        if "output_op" not in data:
+            raise ValueError("segmentation postprocess settings lack output_op")
+        return cls(**data)
+
+
+Settings = SegmentationSettings  # what PipelineConfig builds from pipeline.json's "postprocess"
+
+
 def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
     return [("LABEL_MAP", "int32", [-1, -1]), ("IMAGE_SIZE", "int32", [2])]
 
 
-def label_maps(raw: np.ndarray, output_op: str | None = None) -> np.ndarray:
+def label_maps(raw: np.ndarray, output_op: SegmentationOutput | str | None = None) -> np.ndarray:
     """Network output -> int32 label maps [N, h, w]."""
     raw = np.asarray(raw)
-    if raw.ndim == 4 and raw.shape[1] == 1 and output_op == "argmax":
+    if raw.ndim == 4 and raw.shape[1] == 1 and output_op == SegmentationOutput.LABEL_MAP:
         raw = raw[:, 0]
     if raw.ndim == 4:
         return np.argmax(raw, axis=1).astype(np.int32)
@@ -52,7 +99,7 @@ class Postprocessor:
 
         self._reverse, self._trans_info = reverse_transform, trans_info
         self.output_name = config.outputs[0]
-        self.output_op = config.postprocess.get("output_op")
+        self.output_op = config.postprocess.output_op
         self.ops = Pipeline.from_config(config.preprocess, config.family).ops
 
     def one(self, label: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:

@@ -1,32 +1,31 @@
-"""Quantization: ModelSpec + a folder of images -> an INT8 Paddle export with a fidelity report.
+"""Quantization: ModelSpec + QuantizeConfig -> QuantizedModel (an INT8 Paddle export + fidelity).
 
 The output directory is a complete export (program, params, the deploy yaml and label file
 of the source) that ``tritongen build`` accepts like any other, plus ``tritongen_quant.json``
-(settings) and ``fidelity.json`` (FP32 vs INT8 on held-out images). It is written into a
-temporary directory and renamed into place only when everything, including ``--max-drop``,
-has passed.
+(:class:`QuantizationRecord`) and ``fidelity.json`` (FP32 vs INT8 Paddle Inference on
+held-out images). It is written into a temporary directory and renamed into place only when
+everything has passed.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 from .. import __version__
 from ..errors import TritongenError
 from ..intake import ModelSpec, load_model
 from ..intake.families import copy_deploy_files
+from ..intake.program import read_program
 from ..processing.runners import PaddleInferenceRunner
 from .calibration import CalibrationData, CalibrationError, load_calibration
+from .config import QUANT_FILE, CalibrationAlgo, OrtRecipe, QuantizationRecord, QuantizeConfig, QuantMethod
 from .fidelity import FIDELITY_FILE, FidelityError, FidelityReport, compare
 
-QUANT_FILE = "tritongen_quant.json"
-METHODS = ("ptq", "qat")
-
-__all__ = ["quantize", "QuantizedModel", "CalibrationError", "FidelityError", "METHODS"]
+__all__ = ["quantize", "QuantizedModel", "QuantizeConfig", "QuantizationRecord", "QuantMethod", "CalibrationAlgo",
+           "OrtRecipe", "CalibrationError", "FidelityError", "QUANT_FILE"]
 
 
 @dataclass
@@ -34,65 +33,47 @@ class QuantizedModel:
     directory: Path
     spec: ModelSpec  # the INT8 export
     fp32: ModelSpec
-    settings: dict[str, Any]
+    record: QuantizationRecord
     data: CalibrationData
-    fidelity: FidelityReport
+    fidelity: FidelityReport  # INT8 vs FP32, both in Paddle Inference (oneDNN INT8), on held-out images
+
+    @property
+    def config(self) -> QuantizeConfig:
+        """The settings as they ran."""
+        return self.record.config
 
 
 def quantize(
     source: str | Path | ModelSpec,
-    calib_dir: str | Path,
+    config: QuantizeConfig,
     output: str | Path,
-    method: str = "ptq",
-    algo: str = "hist",
-    batch_size: int = 4,
-    batch_nums: int | None = None,
-    skip_tensors: Sequence[str] = (),
-    act_config: str | Path | None = None,
-    train_iters: int | None = None,
-    max_drop: float | None = None,
     force: bool = False,
-    holdout_fraction: float = 0.2,
+    gate: bool = True,
     step: Callable[[str], None] = lambda message: None,
 ) -> QuantizedModel:
-    if method not in METHODS:
-        raise TritongenError(f"unknown --method {method!r}; choose ptq or qat")
+    """Quantize ``source``; with ``gate`` (``tritongen quantize``) ``config.max_drop`` applies to the
+    Paddle INT8 fidelity here, otherwise the caller gates the artifact it serves (convert.int8)."""
     fp32 = source if isinstance(source, ModelSpec) else load_model(source)
     if fp32.is_quantized:
         raise TritongenError(f"{fp32.model_file} is already quantized (it has quantize_linear ops)")
-    if method == "qat":
+    if config.method is QuantMethod.QAT:
         from .qat import check_qat_supported
 
         check_qat_supported(fp32)
     output = Path(output)
     if output.exists() and not force:
         raise TritongenError(f"{output} exists; pass --force to replace it")
-    step(f"preprocessing images in {calib_dir} with {fp32.name}'s own pipeline")
-    data = load_calibration(fp32, calib_dir, holdout_fraction=holdout_fraction)
+    step(f"preprocessing images in {config.calib_dir} with {fp32.name}'s own pipeline")
+    data = load_calibration(fp32, config.calib_dir, holdout_fraction=config.holdout_fraction)
     step(f"{len(data.calibration)} calibration images, {len(data.holdout)} held out for the fidelity check"
          + (f", {len(data.skipped)} skipped" if data.skipped else ""))
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as tmp:
         work = Path(tmp) / "model"
         work.mkdir()
-        if method == "ptq":
-            from .ptq import quantize_ptq
-
-            step(f"post-training quantization (PaddleSlim quant_post_static, algo {algo})")
-            settings = quantize_ptq(fp32, data, work, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
-                                    skip_tensors=skip_tensors)
-        else:
-            from .act_config import load_act_config
-            from .qat import quantize_qat
-
-            step("quant-aware distillation training (PaddleSlim ACT)")
-            config = load_act_config(act_config) if act_config else None
-            settings = {"method": "qat", **quantize_qat(fp32, data, work, config=config, batch_size=batch_size,
-                                                        train_iters=train_iters)}
+        record = _run_quantizer(fp32, config, data, work, step)
         copy_deploy_files(fp32.source_dir, work, exclude=(QUANT_FILE, FIDELITY_FILE))
-        int8 = load_model(work)
-        if not int8.is_quantized:
-            raise TritongenError("the quantizer produced a program without quantize_linear ops")
+        int8 = _int8_spec(fp32, work)
         step("measuring FP32 vs INT8 (Paddle Inference, oneDNN INT8) on held-out images")
         report = compare(
             PaddleInferenceRunner(fp32.model_file, fp32.params_file),
@@ -101,13 +82,51 @@ def quantize(
             candidate_name="INT8 Paddle Inference (oneDNN)",
         )
         report.save(work / FIDELITY_FILE)
-        settings = {**settings, "tritongen_version": __version__, "source": str(fp32.source_dir),
-                    "skipped_images": [f"{p}: {why}" for p, why in data.skipped],
-                    "holdout_images": [str(p) for p in data.holdout.paths]}
-        (work / QUANT_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        report.check(max_drop)
+        record.save(work)
+        if gate:
+            report.check(config.max_drop)
         if output.exists():
             shutil.rmtree(output)
         work.rename(output)
-    spec = load_model(output)
-    return QuantizedModel(output, spec, fp32, settings, data, report)
+    return QuantizedModel(output, _int8_spec(fp32, output), fp32, record, data, report)
+
+
+def _run_quantizer(fp32: ModelSpec, config: QuantizeConfig, data: CalibrationData, work: Path,
+                   step: Callable[[str], None]) -> QuantizationRecord:
+    common = dict(source=fp32.source_dir, calibration_images=list(data.calibration.paths),
+                  holdout_images=list(data.holdout.paths), skipped_images=[f"{p}: {why}" for p, why in data.skipped],
+                  tritongen_version=__version__)
+    if config.method is QuantMethod.PTQ:
+        from .ptq import quantize_ptq
+
+        step(f"post-training quantization (PaddleSlim quant_post_static, algo {config.algo.value})")
+        used = quantize_ptq(fp32, data, work, algo=config.algo.value, batch_size=config.batch_size,
+                            batch_nums=config.batch_nums, skip_tensors=config.skip_tensors,
+                            keep_tail_float=fp32.task_kind.keeps_tail_float)
+        effective = replace(config, algo=CalibrationAlgo(used.algo), batch_size=used.batch_size, batch_nums=used.batch_nums)
+        return QuantizationRecord(config=effective, float_tensors=tuple(used.float_tensors), notes=list(used.notes),
+                                  **common)
+    from .act_config import load_act_config
+    from .qat import quantize_qat
+
+    step("quant-aware distillation training (PaddleSlim ACT)")
+    act = load_act_config(config.act_config) if config.act_config else None
+    effective_act = quantize_qat(fp32, data, work, config=act, batch_size=config.batch_size, train_iters=config.train_iters)
+    return QuantizationRecord(config=config, act_config=effective_act, **common)
+
+
+def _int8_spec(fp32: ModelSpec, directory: Path) -> ModelSpec:
+    """The FP32 spec with the quantized program's files: same deploy knowledge, no second intake."""
+    model_file, params_file = directory / fp32.model_file.name, directory / fp32.params_file.name
+    if not model_file.is_file() or not params_file.is_file():
+        raise TritongenError(f"the quantizer wrote no {model_file.name} / {params_file.name} into {directory}")
+    program = read_program(model_file)
+    if not program.op_types & {"quantize_linear", "dequantize_linear"}:
+        raise TritongenError("the quantizer produced a program without quantize_linear ops")
+    if [t.name for t in program.inputs] != [t.name for t in fp32.inputs] or len(program.outputs) != len(fp32.outputs):
+        raise TritongenError(f"the quantized program's feeds/fetches {[t.name for t in program.inputs]} -> "
+                             f"{[t.name for t in program.outputs]} do not match the FP32 model's")
+    # PaddleSlim may rename a fetched variable; shapes and meaning are the FP32 model's (as intake read them).
+    outputs = [replace(t, name=new.name) for t, new in zip(fp32.outputs, program.outputs)]
+    return replace(fp32, source_dir=directory, model_file=model_file, params_file=params_file, outputs=outputs,
+                   config_file=directory / fp32.config_file.name, op_types=program.op_types, notes=list(fp32.notes))

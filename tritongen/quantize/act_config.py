@@ -471,8 +471,6 @@ def _node_names(node: list) -> list:
 
 
 def _check_train(where: str, t: dict[str, Any]) -> None:
-    import zlib  # noqa: F401
-
     import paddle
 
     lr = t.get("learning_rate")

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import TritongenError
 from ..intake.spec import ModelSpec
 from ..processing.errors import PreprocessError
+from ..processing.ops import pads_batch
 from ..processing.pipeline import PipelineConfig, Preprocessor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -148,4 +149,4 @@ def model_feeds(preprocess: Preprocessor, data: bytes) -> dict[str, np.ndarray]:
 def _pads_batches(config: PipelineConfig) -> bool:
     """Whether the serving pipeline batches images of different sizes (PaddleDetection's
     predictor zero-pads them; see ``Preprocessor._stack_images``)."""
-    return config.family == "paddledetection"
+    return pads_batch(config.family)

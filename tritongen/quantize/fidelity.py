@@ -222,11 +222,11 @@ def compare(
     runs one image at a time)."""
     if len(images) == 0:
         raise FidelityError("no held-out images to measure fidelity on")
+    from ..processing.detection import DetectionSettings, Postprocessor
+
     postprocess = None
     raw_comparable = True
-    if config is not None and config.task == "detection":
-        from ..processing.detection import Postprocessor
-
+    if config is not None and isinstance(config.postprocess, DetectionSettings):
         postprocess = Postprocessor(config)
         batch_size = 1
         raw_comparable = not postprocess.nms_in_graph  # NMS rows: count and order change with any score

@@ -1,24 +1,33 @@
 """Post-training quantization with PaddleSlim (``quant_post_static``, ONNX-style QDQ output)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import TritongenError
+from ..intake.program import load_program_desc, save_program_desc
 from ..intake.spec import ModelSpec
 from .calibration import CalibrationData, ImageSet
+from .config import CalibrationAlgo
 
-ALGOS = ("avg", "abs_max", "hist", "KL", "mse")
+ALGOS = tuple(a.value for a in CalibrationAlgo)
+
+
+@dataclass
+class PtqResult:
+    """What quant_post_static actually ran with (algo / batch size may differ from the request)."""
+
+    algo: str
+    batch_size: int
+    batch_nums: int | None
+    float_tensors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def has_scalar_activations(model_file: Path) -> bool:
     """True when the program has 0-D (scalar) activations, on which PaddleSlim's 'avg' crashes."""
-    import zlib  # noqa: F401
-
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString(model_file.read_bytes())
+    program = load_program_desc(model_file)
     return any(
         not var.persistable and var.type.type == 7 and len(var.type.lod_tensor.tensor.dims) == 0  # 7 = LOD_TENSOR
         for block in program.blocks
@@ -45,12 +54,7 @@ def keep_float(model_file: Path, tensors: Sequence[str] = (), detection_tail: st
     Q/DQ on conv/matmul inputs and weights (the actual INT8 compute) stay. Rewrites
     ``model_file`` in place; returns the tensors made float.
     """
-    import zlib  # noqa: F401
-
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString(model_file.read_bytes())
+    program = load_program_desc(model_file)
     if len(program.blocks) != 1:  # control flow: leave the program as PaddleSlim wrote it
         return []
     block = program.blocks[0]
@@ -83,7 +87,7 @@ def keep_float(model_file: Path, tensors: Sequence[str] = (), detection_tail: st
                     slot.arguments[j] = rename[name]
     del block.ops[:]
     block.ops.extend(kept)
-    model_file.write_bytes(program.SerializeToString())
+    save_program_desc(program, model_file)
     return made_float
 
 
@@ -130,9 +134,11 @@ def quantize_ptq(
     batch_nums: int | None = None,
     skip_tensors: Sequence[str] = (),
     hist_percent: float = 0.9999,
-) -> dict[str, Any]:
+    keep_tail_float: bool = False,
+) -> PtqResult:
     """Calibrate on ``data.calibration``; write the program and params into ``work_dir`` under the source's names.
 
+    ``keep_tail_float``: a detector's post-processing stays float (see :func:`keep_float`).
     Returns the settings actually used (``algo`` may differ from the request, see notes).
     """
     if algo not in ALGOS:
@@ -176,19 +182,9 @@ def quantize_ptq(
     finally:
         paddle.disable_static()
     made_float = keep_float(work_dir / spec.model_file.name, skip_tensors,
-                            detection_tail=spec.image_input.name if spec.task == "detection" else None)
+                            detection_tail=spec.image_input.name if keep_tail_float else None)
     tail = [t for t in made_float if t not in set(skip_tensors)]
     if tail:
         notes.append(f"kept {len(tail)} post-processing tensors in float (box decoding, scores, scale_factor/im_shape "
                      "math, NMS inputs): their INT8 observers are removed, conv/matmul stay INT8")
-    return {
-        "method": "ptq",
-        "algo": algo,
-        "batch_size": batch_size,
-        "batch_nums": batch_nums,
-        "hist_percent": hist_percent if algo == "hist" else None,
-        "skip_tensors": list(skip_tensors),
-        "calibration_images": len(data.calibration),
-        **({"float_tensors": made_float} if made_float else {}),
-        "notes": notes,
-    }
+    return PtqResult(algo=algo, batch_size=batch_size, batch_nums=batch_nums, float_tensors=made_float, notes=notes)

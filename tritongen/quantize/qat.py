@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TritongenError
+from ..intake.program import load_program_desc, save_program_desc
 from ..intake.spec import ModelSpec
 from .act_config import (
     OUTPUT_NODES_NOTE,
@@ -166,16 +167,6 @@ def quantize_qat(
 # --------------------------------------------------------------------------- checks on the model
 
 
-def _program(model_file: Path):
-    import zlib  # noqa: F401
-
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString(Path(model_file).read_bytes())
-    return program
-
-
 def _check_against_model(effective: dict, spec: ModelSpec, source: str, notes: list[str]) -> None:
     """Check the config against the model; fill ``Distillation.node`` (empty -> the model outputs)."""
     from ..intake.families import find_model_files
@@ -203,7 +194,7 @@ def _check_against_model(effective: dict, spec: ModelSpec, source: str, notes: l
         notes.append(f"{source}: Distillation.node does not include the model outputs ({', '.join(outputs)}): "
                      f"activation scales after the named nodes are not calibrated. {OUTPUT_NODES_NOTE}")
     if nodes:
-        variables = {v.name for b in _program(spec.model_file).blocks for v in b.vars}
+        variables = {v.name for b in load_program_desc(spec.model_file).blocks for v in b.vars}
         missing = [n for n in nodes if n not in variables]
         if missing:  # ACT would silently treat them as already-paired names and fail later
             outputs = ", ".join(t.name for t in spec.outputs)
@@ -242,7 +233,7 @@ def _freeze_batch_norm(model_file: Path) -> int:
     the FP32 one. ``use_global_stats`` keeps the stored statistics (gradients still flow to the
     scale/bias); inference ignores the flag.
     """
-    program = _program(model_file)
+    program = load_program_desc(model_file)
     count = 0
     for block in program.blocks:
         for op in block.ops:
@@ -255,12 +246,12 @@ def _freeze_batch_norm(model_file: Path) -> int:
                 attr.b = True
                 count += 1
     if count:
-        model_file.write_bytes(program.SerializeToString())
+        save_program_desc(program, model_file)
     return count
 
 
 def _check_quantized(model_file: Path, effective: dict) -> None:
-    program = _program(model_file)
+    program = load_program_desc(model_file)
     ops = {op.type for b in program.blocks for op in b.ops}
     if not ops & {"quantize_linear", "dequantize_linear"}:
         section = effective.get("QuantAware") or effective.get("QuantPost") or {}
@@ -277,7 +268,7 @@ def _restore_fetch_names(model_file: Path, wanted: list[str]) -> None:
     in place (``scale_0.tmp_0 -> scale_0.tmp_0``); after other programs were built in the
     process it gets a new one (``...tmp_1``), and the output is renamed. Both are undone here.
     """
-    program = _program(model_file)
+    program = load_program_desc(model_file)
     block = program.blocks[0]
     # An identity scale that writes its own input (x -> x) is a no-op that makes Paddle's IR
     # graph ambiguous (a variable written twice); drop it.
@@ -319,7 +310,7 @@ def _restore_fetch_names(model_file: Path, wanted: list[str]) -> None:
         fetch.inputs[0].arguments[0] = want
         changed = True
     if changed:
-        model_file.write_bytes(program.SerializeToString())
+        save_program_desc(program, model_file)
 
 
 def _is_identity_scale(op) -> bool:
@@ -417,8 +408,6 @@ class _Images:
 
 
 def _child_main(job_path: str) -> None:
-    import zlib  # noqa: F401  must precede paddle
-
     import paddle
     from paddleslim.auto_compression import AutoCompression
 

@@ -73,6 +73,57 @@ def _drop_unused_constants(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(inits)
 
 
+def fix_nms_squeeze(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Give paddle2onnx's axis-less ``Squeeze`` nodes after ``NonMaxSuppression`` their axes.
+
+    paddle2onnx 1.3.1 maps ``multiclass_nms3``'s keep_top_k step as ``Gather(selected_indices,
+    [1], axis=1)`` -> ``[K, 1]`` class ids (and ``[2]`` -> box ids), then ``Squeeze`` *without
+    axes* -> ``[K]``, then ``Gather(axis=0)`` with TopK's indices. Without axes, Squeeze drops
+    every dimension that is 1 *at run time*: when exactly one box survives NMS (K = 1) the
+    class and box ids become 0-D and ONNX Runtime fails with "Gather node ... axis 0 is not
+    in valid range [-0,-1]". Whether that happens depends on the image (and on the model's
+    precision: an INT8 model's slightly different scores change K), so FP32 ONNX and every
+    INT8 recipe built from paddle2onnx are affected.
+
+    Every axis-less Squeeze whose input is computed from a ``NonMaxSuppression`` output (so
+    has a data-dependent dimension) gets the axes ONNX shape inference knows are 1; the
+    dynamic count dimension is never squeezed. Returns the model and the number of Squeeze
+    nodes fixed. Nodes whose input rank or static size-1 dims are unknown are left alone.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    from_nms: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type == "NonMaxSuppression" or set(node.input) & from_nms:
+            from_nms |= set(node.output)
+    candidates = [n for n in model.graph.node if n.op_type == "Squeeze" and n.input[0] in from_nms
+                  and not any(a.name == "axes" for a in n.attribute) and (len(n.input) < 2 or not n.input[1])]
+    if not candidates:
+        return model, 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: v.type.tensor_type.shape for v in [*inferred.graph.value_info, *inferred.graph.output]
+              if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    fixed = 0
+    for node in candidates:
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            continue
+        axes = [i for i, d in enumerate(shape.dim) if d.HasField("dim_value") and d.dim_value == 1]
+        if not axes:
+            continue
+        if opset >= 13:
+            name = f"{node.name or node.output[0]}__axes"
+            model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            if len(node.input) < 2:
+                node.input.append(name)
+            else:
+                node.input[1] = name
+        else:
+            node.attribute.append(helper.make_attribute("axes", axes))
+        fixed += 1
+    return model, fixed
+
+
 def rename_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """Give graph outputs the names the Paddle program fetches (paddle2onnx may suffix them)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -145,5 +196,5 @@ def fusion_report(model_path: Path) -> FusionReport:
     return FusionReport(convs=total, fused=min(fused, total), kernels=dict(kernels))
 
 
-__all__ = ["activations_to_uint8", "rename_outputs", "activation_ranges", "fusion_report", "FusionReport",
+__all__ = ["activations_to_uint8", "fix_nms_squeeze", "rename_outputs", "activation_ranges", "fusion_report", "FusionReport",
            "constant_values", "TensorProto", "helper"]

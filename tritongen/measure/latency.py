@@ -34,3 +34,23 @@ def measure(fn: Callable[[], object], runs: int = 20, warmup: int = 3, budget_s:
             break
     arr = np.array(times)
     return Latency(len(arr), float(np.median(arr)), float(arr.mean()), float(np.percentile(arr, 90)), float(arr.min()))
+
+
+def interleaved(a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
+    """Median ms of ``a`` and ``b`` timed alternately (A, B, B, A, ...), so that load on a noisy
+    machine hits both alike."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(runs):
+        first, second, t_first, t_second = (a, b, ta, tb) if i % 2 == 0 else (b, a, tb, ta)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        t_first.append((t1 - t0) * 1000)
+        t_second.append((t2 - t1) * 1000)
+    return float(np.median(ta)), float(np.median(tb))

@@ -24,7 +24,7 @@ class CpuInfo:
             return "VNNI present: INT8 convolutions run several times faster than FP32"
         if "avx2" in self.flags:
             return ("no VNNI (AVX2 only): INT8 kernels are roughly as fast as FP32 here; "
-                    "the seeds' 2-4x speedups need a CPU with AVX512-VNNI or AVX-VNNI")
+                    "FastDeploy's published 2-4x speedups need a CPU with AVX512-VNNI or AVX-VNNI")
         return "no AVX2: INT8 kernels may be slower than FP32"
 
     def __str__(self) -> str:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .demo import COLOURS
+from ..demo import COLOURS
+from ..intake.program import load_program_desc, save_program_desc
 
 # -------------------------------------------------------------------------------- detector
 
@@ -114,8 +115,6 @@ def make_detector(
     reg_max 4 instead of 16; classes are colour names. NMS defaults are PP-YOLOE's
     (score_threshold 0.01, nms_top_k 1000, keep_top_k 300, nms_threshold 0.7).
     """
-    import zlib  # noqa: F401  must precede paddle
-
     import paddle
 
     out = Path(out_dir)
@@ -315,8 +314,6 @@ def make_segmenter(
     Deviations from a real export: a 2-conv network instead of STDCNet + PP-LiteSeg decoder;
     colour-named classes (class k = the k-th colour of :data:`tritongen.demo.COLOURS`).
     """
-    import zlib  # noqa: F401  must precede paddle
-
     import paddle
 
     op = output_op or ("argmax" if with_argmax else "none")
@@ -423,10 +420,7 @@ def _tidy_program(model_file: Path, *, strip_fetch_scales: bool) -> None:
     bytes would depend on the caller) and, with ``strip_fetch_scales``, the identity
     ``save_infer_model/scale_N`` ops Paddle 2.6 appends before each fetch, so the fetch ops
     read the raw tensors as in exports made by Paddle <= 2.5 ``jit.save``."""
-    from paddle.base.proto import framework_pb2
-
-    program = framework_pb2.ProgramDesc()
-    program.ParseFromString(model_file.read_bytes())
+    program = load_program_desc(model_file)
     for blk in program.blocks:
         for op in blk.ops:
             attrs = [a for a in op.attrs if a.name != "op_callstack"]
@@ -443,7 +437,7 @@ def _tidy_program(model_file: Path, *, strip_fetch_scales: bool) -> None:
             continue
         keep.append(op)
     if not renamed:
-        model_file.write_bytes(program.SerializeToString())
+        save_program_desc(program, model_file)
         return
     for op in keep:
         if op.type == "fetch":
@@ -454,7 +448,7 @@ def _tidy_program(model_file: Path, *, strip_fetch_scales: bool) -> None:
     kept_vars = [v for v in block.vars if v.name not in renamed]
     del block.vars[:]
     block.vars.extend(kept_vars)
-    model_file.write_bytes(program.SerializeToString())
+    save_program_desc(program, model_file)
 
 
 def _dump_ordered(cfg: dict[str, Any]) -> str:
