@@ -198,6 +198,32 @@ def bench_runtime(
         out.print(f"wrote {csv_path}")
 
 
+@bench_app.command("tables")
+def bench_tables(
+    sources: List[str] = typer.Argument(..., help="Export directories or zoo names (resnet50_vd, mobilenetv1_ssld, ...)."),
+    calib_dir: CalibDir = None,
+    output: Path = typer.Option(Path("bench_tables"), "--output", "-o",
+                                help="Directory for bench_tables.csv, bench_tables_vs_fastdeploy.csv, bench_tables.png."),
+    runs: int = typer.Option(30, "--runs", min=3, help="Timed runs per variant (interleaved)."),
+    warmup: int = typer.Option(5, "--warmup", min=0),
+    as_name: Optional[str] = typer.Option(None, "--as", help="Set one SOURCE beside FastDeploy's rows of this model "
+                                                           "(e.g. mobilenetv1, ppyoloe_s); default: its directory or zoo name."),
+) -> None:
+    """FastDeploy's published tables regenerated on this CPU: FP32 vs INT8 per model, beside FastDeploy's rows."""
+    from .bench.tables import tables_command
+
+    if calib_dir is None:
+        raise TritongenError("bench tables needs --calib-dir DIR (images to calibrate on)")
+    with console.status("benchmarking") as status:
+        report = tables_command(sources, calib_dir, output, runs=runs, warmup=warmup, as_name=as_name,
+                                step=_step_printer(status))
+    out.print(report.rich_table())
+    for line in report.messages():
+        out.print(line, highlight=False, soft_wrap=True)
+    for path in report.files:
+        out.print(f"wrote {path}", highlight=False)
+
+
 @app.command()
 def serve(
     repository: Path = typer.Argument(Path("model_repository"), help="Model repository to serve."),
