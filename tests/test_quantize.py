@@ -197,7 +197,10 @@ def test_segmentation_export_quantizes_under_its_own_file_names(calib_dir, tmp_p
     assert result.spec.is_quantized and result.spec.task == "segmentation"
     # Measured, not assumed: oneDNN INT8 on this tiny segmenter follows FP32 poorly, and the report says so.
     assert len(result.fidelity.images) == len(result.data.holdout) > 0
-    assert result.fidelity.headline[0] == "mean cosine"
+    seg = result.fidelity.segmentation
+    assert result.fidelity.headline == ("pixel agreement", seg.pixel_agreement) and 0.0 <= seg.min_image_agreement <= 1.0
+    assert seg.pixels == len(result.data.holdout) * 64 * 96 and result.fidelity.outputs  # cosine stays beside it
+    assert "pixel agreement" in json.loads((result.directory / "fidelity.json").read_text())["headline"]["metric"]
 
 
 def test_qat_refuses_multi_input_detectors_clearly(calib_dir, tmp_path):
@@ -211,3 +214,18 @@ def test_qat_refuses_multi_input_detectors_clearly(calib_dir, tmp_path):
                    check=False)
     assert proc.returncode == 1 and "single-input" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "det_int8").exists()
+
+
+def test_pixel_agreement_counts_flipped_pixels_of_label_maps():
+    from tritongen.quantize.fidelity import _label_maps, pixel_agreement
+
+    scores = np.zeros((2, 3, 4, 5), np.float32)
+    scores[:, 1] = 1.0  # class 1 everywhere
+    flipped = scores.copy()
+    flipped[0, 2, 0, :] = 2.0  # one row of image 0 becomes class 2
+    result = pixel_agreement(_label_maps(scores), _label_maps(flipped))
+    assert result.pixels == 40 and result.pixel_agreement == pytest.approx(35 / 40)
+    assert result.min_image_agreement == pytest.approx(15 / 20) and result.classes == 2
+    assert result.mean_iou == pytest.approx((35 / 40 + 0 / 5) / 2)
+    label_map = np.ones((2, 4, 5), np.int32)  # an argmax export's output compares as it is
+    assert pixel_agreement(_label_maps(label_map), _label_maps(scores)).pixel_agreement == 1.0

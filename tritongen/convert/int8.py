@@ -43,7 +43,7 @@ from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
 from .onnx import paddle_to_onnx
 from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, activations_to_uint8, fusion_report,
-                                 rename_outputs)
+                                 fuse_relu_requantization, rename_outputs)
 
 NEAR_TIE = 0.005  # fidelity differences below this are noise on a small held-out set
 Step = Callable[[str], None]
@@ -289,6 +289,7 @@ def paddle_qdq_onnx(int8: ModelSpec, out: Path, opset: int = 13) -> Path:
 
 def _paddle_scales_recipe(paddle_qdq: Path, out: Path, **_) -> Path:
     model, _count = activations_to_uint8(onnx.load(str(paddle_qdq)))
+    model, _count = fuse_relu_requantization(model)  # Relu folds into the uint8 requantization
     onnx.save(model, str(out))
     return out
 

@@ -53,7 +53,12 @@ def paddle_to_onnx(spec: ModelSpec, out_path: Path, opset: int = DEFAULT_OPSET, 
         raise ConversionError(f"paddle2onnx failed on {spec.model_file} (exit {proc.returncode}):\n{tail}")
     import onnx
 
-    model = onnx.load(str(out_path), load_external_data=False)
+    from .passes.onnxruntime import fix_nms_squeeze
+
+    # paddle2onnx's multiclass_nms3 squeezes without axes: 0-D ids when one box survives (see the pass).
+    model, fixed = fix_nms_squeeze(onnx.load(str(out_path)))
+    if fixed:
+        onnx.save(model, str(out_path))
     result = OnnxModel(
         path=out_path,
         opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset),

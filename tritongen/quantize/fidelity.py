@@ -10,8 +10,15 @@ either side has a partner. Raw NMS rows (``multiclass_nms3`` in the graph) have 
 statistics — their number and order change with any score — while NMS-less detectors keep
 them beside the agreement.
 
-The headline number is the detection agreement for detectors, top-1 agreement for
-classifiers and the mean cosine otherwise; ``--max-drop D`` fails when 1 - headline > D.
+Segmenters are compared on their label maps (the argmax of class scores, or the map an
+argmax export returns, at network resolution — the served result is this map resized): the
+*pixel agreement* is the share of held-out pixels given the same class, beside the mean IoU
+per class of the INT8 map against the FP32 one. Cosine of class scores hides what matters:
+a small shift of near-tied logits flips pixels.
+
+The headline number is the detection agreement for detectors, the pixel agreement for
+segmenters, top-1 agreement for classifiers and the mean cosine otherwise; ``--max-drop D``
+fails when 1 - headline > D.
 """
 from __future__ import annotations
 
@@ -65,18 +72,32 @@ class DetectionFidelity:
 
 
 @dataclass
+class SegmentationFidelity:
+    """Label maps of the candidate against the reference's, pixel by pixel."""
+
+    pixels: int
+    pixel_agreement: float  # share of pixels with the same class
+    min_image_agreement: float
+    mean_iou: float  # per class present in either map, IoU of candidate vs reference pixels, averaged
+    classes: int  # classes present in either map
+
+
+@dataclass
 class FidelityReport:
     reference: str
     candidate: str
     images: list[str]
     outputs: list[OutputFidelity] = field(default_factory=list)
     detection: DetectionFidelity | None = None
+    segmentation: SegmentationFidelity | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def headline(self) -> tuple[str, float]:
         if self.detection is not None:
             return "detection agreement", self.detection.agreement
+        if self.segmentation is not None:
+            return "pixel agreement", self.segmentation.pixel_agreement
         first = self.outputs[0]
         if first.top1_agreement is not None:
             return "top-1 agreement", first.top1_agreement
@@ -87,6 +108,8 @@ class FidelityReport:
         """The tie-breaker after the headline: mean IoU of matched detections, else the first output's mean cosine."""
         if self.detection is not None:
             return "mean_iou", self.detection.mean_iou
+        if self.segmentation is not None:
+            return "mean_iou", self.segmentation.mean_iou
         return "cosine_mean", self.outputs[0].cosine_mean
 
     def check(self, max_drop: float | None) -> None:
@@ -109,6 +132,10 @@ class FidelityReport:
                     f"{d.reference_detections} reference / {d.candidate_detections} INT8 detections with score >= "
                     f"{d.score_threshold:g}) on {len(self.images)} held-out images")
             return text + "".join(f"; {note}" for note in self.notes)
+        if self.segmentation is not None:
+            g = self.segmentation
+            return (f"{metric} {value:.4f} (worst image {g.min_image_agreement:.4f}, mean IoU {g.mean_iou:.4f} over "
+                    f"{g.classes} classes; {g.pixels} pixels) on {len(self.images)} held-out images")
         first = self.outputs[0]
         return (f"{metric} {value:.4f}, cosine mean {first.cosine_mean:.4f} (min {first.cosine_min:.4f}), "
                 f"max |diff| {first.max_abs_diff:.3g} on {len(self.images)} held-out images")
@@ -116,7 +143,7 @@ class FidelityReport:
     def to_dict(self) -> dict:
         metric, value = self.headline
         data = asdict(self)
-        for key in ("detection", "notes"):  # only where they say something (classification reports stay as they were)
+        for key in ("detection", "segmentation", "notes"):  # only where they say something (classification reports stay as they were)
             if not data[key]:
                 del data[key]
         return {**data, "headline": {"metric": metric, "value": value}}
@@ -208,6 +235,29 @@ def _detections(postprocess, outputs: dict[str, np.ndarray]) -> list[np.ndarray]
     return rows
 
 
+# ------------------------------------------------------------------------------ label maps
+
+
+def _label_maps(output: np.ndarray) -> list[np.ndarray]:
+    """A segmenter's first output per image as a label map: class scores [N, C, H, W] -> argmax
+    over C; an argmax export's [N, H, W] (or [N, 1, H, W]) as it is."""
+    output = np.asarray(output)
+    if output.ndim == 4 and output.shape[1] > 1:
+        output = output.argmax(1)
+    return list(output.reshape(len(output), *output.shape[-2:]).astype(np.int64))
+
+
+def pixel_agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> SegmentationFidelity:
+    if len(reference) != len(candidate) or any(r.shape != c.shape for r, c in zip(reference, candidate)):
+        raise FidelityError("the label maps of the two models differ in number or size")
+    same = [float(np.mean(r == c)) for r, c in zip(reference, candidate)]
+    ref, cand = np.concatenate([r.ravel() for r in reference]), np.concatenate([c.ravel() for c in candidate])
+    classes = np.union1d(np.unique(ref), np.unique(cand))
+    ious = [np.sum((ref == k) & (cand == k)) / np.sum((ref == k) | (cand == k)) for k in classes]
+    return SegmentationFidelity(pixels=int(ref.size), pixel_agreement=float(np.mean(ref == cand)),
+                                min_image_agreement=min(same), mean_iou=float(np.mean(ious)), classes=len(classes))
+
+
 # ------------------------------------------------------------------------------ comparison
 
 
@@ -223,6 +273,7 @@ def compare(
     if len(images) == 0:
         raise FidelityError("no held-out images to measure fidelity on")
     from ..processing.detection import DetectionSettings, Postprocessor
+    from ..processing.segmentation import SegmentationSettings
 
     postprocess = None
     raw_comparable = True
@@ -234,14 +285,20 @@ def compare(
     cand_out: dict[str, list[np.ndarray]] = {}
     ref_dets: list[np.ndarray] = []
     cand_dets: list[np.ndarray] = []
+    segments = config is not None and isinstance(config.postprocess, SegmentationSettings)
+    ref_maps: list[np.ndarray] = []
+    cand_maps: list[np.ndarray] = []
     for batch in images.batches(batch_size):
-        for store, dets, runner in ((ref_out, ref_dets, reference), (cand_out, cand_dets, candidate)):
+        for store, dets, maps, runner in ((ref_out, ref_dets, ref_maps, reference),
+                                          (cand_out, cand_dets, cand_maps, candidate)):
             outputs = runner.run(batch)
             for name, value in outputs.items():
                 store.setdefault(name, []).append(np.asarray(value))
             if postprocess is not None:
                 # Outputs pair up by position: saving a quantized program may rename its fetch targets.
                 dets += _detections(postprocess, dict(zip(config.outputs, outputs.values())))
+            if segments:
+                maps += _label_maps(next(iter(outputs.values())))
     report = FidelityReport(reference_name, candidate_name, [str(p) for p in images.paths])
     if len(ref_out) != len(cand_out):
         raise FidelityError(f"{candidate_name} has {len(cand_out)} outputs, {reference_name} {len(ref_out)}")
@@ -252,6 +309,8 @@ def compare(
                 f"{reference_name} finds no detection with score >= {postprocess.score_threshold:g} on the held-out "
                 "images, so the agreement compares nothing: add images, or lower the threshold (build --score-threshold, "
                 "or draw_threshold in infer_cfg.yml)")
+    if segments:
+        report.segmentation = pixel_agreement(ref_maps, cand_maps)
     if not raw_comparable:
         return report
     for (name, ref_parts), cand_parts in zip(ref_out.items(), cand_out.values()):
