@@ -19,17 +19,11 @@ from .errors import ClientError
 from .processing.classification import ClassificationSettings
 from .processing.detection import DetectionSettings
 from .processing.segmentation import SegmentationSettings
+from .registry import Registry
 from .results import Classification, Detection, Segmentation
 
-TASKS: dict[str, type["Task"]] = {}
-
-
-def register_task(cls: type["Task"]) -> type["Task"]:
-    """Class decorator: add ``cls`` to TASKS; a second task of the same name is a bug."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice ({TASKS[cls.name].__name__} and {cls.__name__})")
-    TASKS[cls.name] = cls
-    return cls
+TASKS: Registry[type["Task"]] = Registry("task")
+register_task = TASKS.register
 
 
 class Task:
@@ -60,10 +54,7 @@ class Task:
 
 
 def task_named(name: str) -> type[Task]:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})") from None
+    return TASKS.lookup(name)
 
 
 def task_of(model: str, outputs: Iterable[str]) -> type[Task]:

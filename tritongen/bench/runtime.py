@@ -23,6 +23,7 @@ from ..processing.pipeline import Preprocessor, postprocessor
 from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 from ..quantize.config import QuantizeConfig, QuantMethod
 from ..quantize.fidelity import Runner
+from ..registry import Registry
 
 CSV_COLUMNS = ["family", "model", "backend", "hardware", "latency", "fp32_ms", "int8_ms", "int8_fp16_ms",
                "int8_fp16_pm_ms", "max_speedup", "fp32_acc", "int8_acc", "metric", "method"]
@@ -30,14 +31,8 @@ CSV_COLUMNS = ["family", "model", "backend", "hardware", "latency", "fp32_ms", "
 
 # ------------------------------------------------------------------------------ runtimes
 
-RUNTIMES: dict[str, type["BenchRuntime"]] = {}
-
-
-def register_runtime(cls: type["BenchRuntime"]) -> type["BenchRuntime"]:
-    if cls.key in RUNTIMES:
-        raise ValueError(f"benchmark runtime {cls.key!r} is registered twice")
-    RUNTIMES[cls.key] = cls
-    return cls
+RUNTIMES: Registry[type["BenchRuntime"]] = Registry("benchmark runtime", key="key")
+register_runtime = RUNTIMES.register
 
 
 class BenchRuntime(ABC):

@@ -41,6 +41,7 @@ from ..processing.runners import OnnxRuntimeRunner
 from ..quantize import OrtRecipe, QuantizedModel, QuantizeConfig, quantize
 from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
+from ..registry import Registry
 from .onnx import paddle_to_onnx
 from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, activations_to_uint8, fusion_report,
                                  fuse_relu_requantization, rename_outputs)
@@ -138,20 +139,12 @@ class TensorRTInt8Report(Int8Report):
 
 # ------------------------------------------------------------------------------ registry
 
-INT8_TARGETS: dict[str, type["Int8Target"]] = {}
-
-
-def register_int8_target(cls: type["Int8Target"]) -> type["Int8Target"]:
-    if cls.name in INT8_TARGETS:
-        raise ValueError(f"INT8 target {cls.name!r} is registered twice")
-    INT8_TARGETS[cls.name] = cls
-    return cls
+INT8_TARGETS: Registry[type["Int8Target"]] = Registry("INT8 target")
+register_int8_target = INT8_TARGETS.register
 
 
 def get_int8_target(name: str) -> "Int8Target":
-    if name not in INT8_TARGETS:
-        raise TritongenError(f"unknown INT8 target {name!r}; known: {', '.join(INT8_TARGETS)}")
-    return INT8_TARGETS[name]()
+    return INT8_TARGETS.lookup(name, TritongenError)()
 
 
 class Int8Target(ABC):

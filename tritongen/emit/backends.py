@@ -12,20 +12,15 @@ from .. import __version__
 from ..errors import EmitError
 from ..convert.runtime import RuntimeArtifact
 from ..intake.spec import ModelSpec
+from ..registry import Registry
 from .pbtxt import render_config, template_path
 
-BACKENDS: dict[str, type["Backend"]] = {}
-
-
-def register_backend(cls: type["Backend"]) -> type["Backend"]:
-    BACKENDS[cls.name] = cls
-    return cls
+BACKENDS: Registry[type["Backend"]] = Registry("backend")
+register_backend = BACKENDS.register
 
 
 def get_backend(name: str) -> "Backend":
-    if name not in BACKENDS:
-        raise EmitError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[name]()
+    return BACKENDS.lookup(name, EmitError)()
 
 
 @dataclass

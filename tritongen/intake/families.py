@@ -17,17 +17,12 @@ from ..processing.classification import ClassificationSettings, parse_label_file
 from ..processing.errors import OpConfigError
 from ..processing.ops import Pipeline, pads_batch
 from .program import read_program
+from ..registry import Registry
 from .spec import ModelSpec, PredictorOptions, TensorSpec
 
-FAMILIES: dict[str, type["Family"]] = {}
+FAMILIES: Registry[type["Family"]] = Registry("model family")
+register_family = FAMILIES.register
 MAX_CLASS_ID = 1_000_000  # label lists are dense; a typo'd id must not allocate gigabytes
-
-
-def register_family(cls: type["Family"]) -> type["Family"]:
-    if cls.name in FAMILIES:
-        raise ValueError(f"model family {cls.name!r} is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
-    FAMILIES[cls.name] = cls
-    return cls
 
 
 class Family(ABC):
