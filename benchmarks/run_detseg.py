@@ -16,16 +16,16 @@ Runtime INT8 recipes dominate; ``--no-int8``: about 2 minutes), ``--check`` abou
 ``ppyoloe_s_nonms``   the same weights, ``-o PPYOLOEHead.exclude_nms=True`` (raw boxes+scores)
 ``pp_liteseg_t``      pp_liteseg_stdc1_cityscapes_1024x512_scale0.5, tools/export.py default
                       (argmax, input [None, 3, None, None])
-``pp_liteseg_t_raw``  the same network as FastDeploy's ``*_without_argmax_infer`` (the seeds'
-                      model): ``--output_op none --input_shape -1 3 512 1024``
+``pp_liteseg_t_raw``  the same network as FastDeploy's ``*_without_argmax_infer`` (the model of
+                      its published tables): ``--output_op none --input_shape -1 3 512 1024``
 ``bisenetv2``         bisenet_cityscapes_1024x1024_160k, tools/export.py default
 ====================  =====================================================================
 
-Rows (the seeds' columns; 1 thread, batch 1, median of ``--runs`` interleaved runs):
+Rows (FastDeploy's published tables' columns; 1 thread, batch 1, median of ``--runs`` interleaved runs):
 ``tritongen.bench.runtime.run_benchmark`` (FP32 vs INT8, ONNX Runtime and Paddle Inference)
 where tritongen can quantize the model; otherwise FP32 only, timed the same way here (ONNX
 Runtime vs Paddle Inference interleaved; end-to-end = decode + preprocess + model +
-postprocess of one photo). Each row is set beside the seeds' row of the same model family.
+postprocess of one photo). Each row is set beside FastDeploy's published row of the same model (tritongen.bench.reference).
 
 ``--check``: per export, ``tritongen build`` with ``--backend python-onnxruntime`` and
 ``onnxruntime`` (exit code, error line, wall time), then ``tritongen.predict.LocalPredictor``
@@ -67,15 +67,6 @@ EXPORTS = {
     "bisenetv2": (["paddleseg_exports.py", "bisenetv2", "{dir}/bisenetv2"], None),
 }
 
-# The seeds' rows of the same families (FastDeploy docs, /work/shared/seeds/): runtime / end2end ms.
-SEEDS = {
-    "ppyoloe": ("ppyoloe_crn_l_300e_coco, ONNX Runtime CPU (002_051b3f79aee97a57.txt: Runtime / End2End Benchmark; "
-                "PP-YOLOE-l, 110 GFLOPs vs 17.4 for -s)",
-                {("ONNX Runtime", "runtime"): (1057.82, 449.52), ("ONNX Runtime", "end2end"): (1067.17, 461.037)}),
-    "pp_liteseg": ("PP-LiteSeg-T(STDC1)-cityscapes without_argmax, Paddle Inference CPU (000_c5f413515fe9638d.txt: "
-                   "Runtime / 端到端 Benchmark; input size not stated)",
-                   {("Paddle Inference", "runtime"): (1138.04, 602.62), ("Paddle Inference", "end2end"): (4726.65, 4134.91)}),
-}
 CSV_COLUMNS = ["family", "model", "backend", "hardware", "latency", "fp32_ms", "int8_ms", "int8_fp16_ms",
                "int8_fp16_pm_ms", "max_speedup", "fp32_acc", "int8_acc", "metric", "method"]
 
@@ -235,25 +226,31 @@ def bench_model(name: str, export: Path, photos: Path, runs: int, warmup: int, i
     return rows + fp32_rows(export, photo, runs, warmup, backends)
 
 
-def seed_for(model: str):
-    family = next((key for key in SEEDS if model.startswith(key)), None)
-    return SEEDS[family] if family else None
+def fastdeploy_cpu_row(model: str, backend: str, latency: str):
+    """FastDeploy's published CPU row facing our ``model`` (tritongen.bench.reference), or None."""
+    from tritongen.bench.reference import match_model
+
+    entry = match_model(model)
+    return next((row for row in (entry.rows() if entry else ()) if row.hardware == "CPU" and row.backend == backend
+                 and row.latency == latency), None)
 
 
 def print_rows(rows: list[Row], runs: int) -> None:
+    from tritongen.bench.reference import match_model
+
     print(f"\nlatency, 1 thread, batch 1, median of {runs} interleaved runs")
-    head = f"{'model':18} {'backend':17} {'latency':8} {'FP32 ms':>9} {'INT8 ms':>9} {'speedup':>8}  {'INT8 vs FP32':28} seed FP32/INT8 ms (ours/seed)"
+    head = (f"{'model':18} {'backend':17} {'latency':8} {'FP32 ms':>9} {'INT8 ms':>9} {'speedup':>8}  {'INT8 vs FP32':28} "
+            "FastDeploy FP32/INT8 ms (ours/theirs)")
     print(head + "\n" + "-" * len(head))
     for r in rows:
         int8 = f"{r.int8_ms:9.1f}" if r.int8_ms else f"{'-':>9}"
         speed = f"{r.fp32_ms / r.int8_ms:7.2f}x" if r.int8_ms else f"{'-':>8}"
-        seed = seed_for(r.model)
-        ref = seed[1].get((r.backend, r.latency)) if seed else None
-        cmp = f"{ref[0]:.0f}/{ref[1]:.0f} ({r.fp32_ms / ref[0]:.2f})" if ref else ""
+        ref = fastdeploy_cpu_row(r.model, r.backend, r.latency)
+        cmp = f"{ref.fp32_ms:.0f}/{ref.int8_ms:.0f} ({r.fp32_ms / ref.fp32_ms:.2f})" if ref and ref.fp32_ms and ref.int8_ms else ""
         agreement = "" if r.agreement is None else f"{r.metric} {r.agreement:.4f}"
         print(f"{r.model:18} {r.backend:17} {r.latency:8} {r.fp32_ms:9.1f} {int8} {speed}  {agreement:28} {cmp}")
-    for text in dict.fromkeys(seed[0] for r in rows if (seed := seed_for(r.model))):
-        print(f"seed: {text}")
+    for note in dict.fromkeys(entry.note for r in rows if (entry := match_model(r.model)) and entry.note):
+        print(f"FastDeploy: {note}")
 
 
 # -------------------------------------------------------------------------------- checks
@@ -421,7 +418,7 @@ def main() -> None:
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="FP32 rows only (skip quantization)")
     parser.add_argument("--check", action="store_true", help="tritongen build + LocalPredictor vs the suites' deploy code")
     parser.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency rows")
-    parser.add_argument("--csv", type=Path, help="write the rows in the seeds' benchmarks.csv columns")
+    parser.add_argument("--csv", type=Path, help="write the rows in FastDeploy's benchmarks.csv columns")
     args = parser.parse_args()
 
     from tritongen.measure import cpu_info

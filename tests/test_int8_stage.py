@@ -155,3 +155,36 @@ def test_keep_going_records_a_failing_target_and_goes_on(clas_export, calib_dir,
 def test_an_already_quantized_model_is_refused(staged, calib_dir, tmp_path):  # noqa: F811
     with pytest.raises(TritongenError, match="already quantized"):
         to_int8(staged[0].quantized.spec, QuantizeConfig(calib_dir), [get_int8_target("paddle-onednn")], tmp_path)
+
+
+def test_poor_fidelity_is_noted_when_no_gate_is_set(staged):
+    for artifact in staged[0].artifacts.values():
+        poor = artifact.fidelity.headline[1] < 0.9
+        assert any("follows FP32 poorly" in note for note in artifact.notes) == poor, artifact.notes
+
+
+def _candidate(recipe, top1, cosine, ms, images=5):
+    from pathlib import Path
+
+    from tritongen.convert.int8 import Int8Candidate
+    from tritongen.convert.passes.onnxruntime import FusionReport
+    from tritongen.measure import Latency
+    from tritongen.quantize.fidelity import FidelityReport, OutputFidelity
+
+    report = FidelityReport("FP32", "INT8", [f"img{i}.jpg" for i in range(images)],
+                            [OutputFidelity("scores", cosine, cosine, 0.01, top1)])
+    return Int8Candidate(recipe, Path(f"{recipe.value}.onnx"), FusionReport(1, 1, {}), report,
+                         Latency(15, ms, ms, ms, ms))
+
+
+def test_choice_treats_one_held_out_image_as_a_tie():
+    from tritongen.convert.int8 import choose
+
+    # Measured on ResNet50_vd (5 held-out images): one image of top-1 apart, cosines within 0.0002.
+    slow_one_more = _candidate(OrtRecipe.PADDLE_SCALES, 0.8, 0.9972, 26.4)
+    fast = _candidate(OrtRecipe.ORT_CALIBRATION, 0.6, 0.9970, 20.8)
+    worse = _candidate(OrtRecipe.ORT_PLACEMENT, 0.4, 0.9976, 15.0)  # two images behind: not a tie
+    assert choose([slow_one_more, fast, worse]) is fast
+    # With 100 images, 0.8 vs 0.6 is twenty images: the more faithful recipe wins whatever its speed.
+    assert choose([_candidate(OrtRecipe.PADDLE_SCALES, 0.8, 0.9972, 26.4, images=100),
+                   _candidate(OrtRecipe.ORT_CALIBRATION, 0.6, 0.9970, 20.8, images=100)]).recipe is OrtRecipe.PADDLE_SCALES

@@ -25,6 +25,11 @@ console = Console(stderr=True)
 out = Console()
 
 
+def _print_table(table: Table) -> None:
+    """Tables whole when stdout is a file or pipe (rich would squeeze them into 80 columns)."""
+    (out if out.is_terminal else Console(width=max(out.width, 220))).print(table)
+
+
 # INT8 options, declared once and shared by build, quantize and bench (typer reads Annotated metadata).
 CalibDir = Annotated[Optional[Path], typer.Option("--calib-dir", help="Images to calibrate on (a share is held out).")]
 Method = Annotated[str, typer.Option("--method", help="ptq (post-training) | qat (ACT quant-aware distillation).")]
@@ -46,7 +51,7 @@ def _quantize_config(calib_dir: Optional[Path], method: str, algo: str, batch_si
     from .quantize.config import QuantizeConfig
 
     if calib_dir is None:
-        raise TritongenError("--int8 needs --calib-dir DIR (images to calibrate on)")
+        raise TritongenError("INT8 needs --calib-dir DIR (images to calibrate on)")
     return QuantizeConfig(calib_dir, method=method, algo=algo, batch_size=batch_size, batch_nums=batch_nums,
                           skip_tensors=tuple(skip_tensors), act_config=act_config, train_iters=train_iters,
                           max_drop=max_drop)
@@ -190,11 +195,14 @@ def bench_runtime(
             table.add_row(row.model, row.backend, row.hardware, row.latency, f"{row.fp32_ms:.2f}", f"{row.int8_ms:.2f}",
                           f"{row.speedup:.2f}x", "" if row.agreement is None else f"{row.metric} {row.agreement:.4f}",
                           row.method)
-        out.print(table)
+        _print_table(table)
     for note in report.notes:
         out.print(f"note: {note}", highlight=False, soft_wrap=True)
     if csv_path:
-        report.write_csv(csv_path)
+        from .bench.reference import COLUMNS
+        from .bench.tables import table_rows, write_csv
+
+        write_csv(csv_path, COLUMNS, [row.csv_row() for row in table_rows(report)])
         out.print(f"wrote {csv_path}")
 
 
@@ -217,7 +225,7 @@ def bench_tables(
     with console.status("benchmarking") as status:
         report = tables_command(sources, calib_dir, output, runs=runs, warmup=warmup, as_name=as_name,
                                 step=_step_printer(status))
-    out.print(report.rich_table())
+    _print_table(report.rich_table())
     for line in report.messages():
         out.print(line, highlight=False, soft_wrap=True)
     for path in report.files:

@@ -7,7 +7,6 @@ models are the ones ``build --int8`` serves: the same stage (:func:`convert.int8
 """
 from __future__ import annotations
 
-import csv
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -24,10 +23,6 @@ from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 from ..quantize.config import QuantizeConfig, QuantMethod
 from ..quantize.fidelity import Runner
 from ..registry import Registry
-
-CSV_COLUMNS = ["family", "model", "backend", "hardware", "latency", "fp32_ms", "int8_ms", "int8_fp16_ms",
-               "int8_fp16_pm_ms", "max_speedup", "fp32_acc", "int8_acc", "metric", "method"]
-
 
 # ------------------------------------------------------------------------------ runtimes
 
@@ -84,13 +79,6 @@ class BenchRow:
     def speedup(self) -> float:
         return self.fp32_ms / self.int8_ms
 
-    def csv_row(self) -> dict:
-        return {"family": self.family, "model": self.model, "backend": self.backend, "hardware": self.hardware,
-                "latency": self.latency, "fp32_ms": f"{self.fp32_ms:.2f}", "int8_ms": f"{self.int8_ms:.2f}",
-                "int8_fp16_ms": "None", "int8_fp16_pm_ms": "None", "max_speedup": f"{self.speedup:.2f}",
-                "fp32_acc": "None", "int8_acc": "None" if self.agreement is None else f"{self.agreement:.4f}",
-                "metric": self.metric, "method": self.method}
-
 
 @dataclass
 class BenchReport:
@@ -98,13 +86,6 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # runtime label -> why it has no rows
-
-    def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow(row.csv_row())
 
 
 def end_to_end(spec: ModelSpec, runner: Runner, image: bytes) -> Callable[[], object]:
@@ -172,5 +153,4 @@ def run_benchmark(
     return report
 
 
-__all__ = ["run_benchmark", "BenchRow", "BenchReport", "RUNTIMES", "BenchRuntime", "end_to_end", "method_label",
-           "interleaved", "cpu_info"]
+__all__ = ["run_benchmark", "BenchRow", "BenchReport", "RUNTIMES", "BenchRuntime", "end_to_end", "method_label"]

@@ -165,12 +165,8 @@ class TablesReport:
         """Our rows in FastDeploy's columns at ``path``; ours beside theirs in ``<stem>_vs_fastdeploy.csv``."""
         path = Path(path)
         vs_path = path.with_name(f"{path.stem}{VS_SUFFIX}{path.suffix or '.csv'}")
-        for target, columns, records in ((path, COLUMNS, [r.csv_row() for r in self.rows]),
-                                         (vs_path, VS_COLUMNS, [line.csv_row() for line in self.side_by_side()])):
-            with open(target, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=list(columns))
-                writer.writeheader()
-                writer.writerows(records)
+        write_csv(path, COLUMNS, [r.csv_row() for r in self.rows])
+        write_csv(vs_path, VS_COLUMNS, [line.csv_row() for line in self.side_by_side()])
         return path, vs_path
 
     def rich_table(self) -> Table:
@@ -207,6 +203,15 @@ class TablesReport:
         return lines
 
 
+def write_csv(path: Path, columns: Sequence[str], records: list[dict[str, str]]) -> Path:
+    """``records`` under ``columns`` (FastDeploy's benchmarks.csv columns for rows of ours)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
 def _cell(value: float | None, unit: str = "") -> str:
     return "—" if value is None else f"{value:g}{unit}"
 
@@ -222,7 +227,8 @@ def _measure(source: str | Path, calib_dir: str | Path, runs: int, warmup: int, 
     return run_benchmark(source, QuantizeConfig(Path(calib_dir)), runs=runs, warmup=warmup, step=step)
 
 
-def _rows(bench) -> list[TableRow]:
+def table_rows(bench) -> list[TableRow]:
+    """run_benchmark's rows in FastDeploy's terms (family cls/det/seg, its backend names)."""
     return [TableRow(Family.of_intake(r.family), r.model, Backend(r.backend), Latency(r.latency), r.fp32_ms, r.int8_ms,
                      r.agreement, r.metric, r.method) for r in bench.rows]
 
@@ -289,7 +295,7 @@ def run_tables(
         step(f"{name}: quantizing and timing FP32 vs INT8")
         try:
             bench = _measure(source, calib_dir, runs, warmup, lambda message, name=name: step(f"{name}: {message}"))
-            rows = _rows(bench)
+            rows = table_rows(bench)
         except expected as exc:
             reason = _one_line(exc)
         except Exception as exc:  # noqa: BLE001  (one model's crash must not cost the others' measurements)

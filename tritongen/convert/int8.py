@@ -47,6 +47,7 @@ from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, a
                                  fuse_relu_requantization, rename_outputs)
 
 NEAR_TIE = 0.005  # fidelity differences below this are noise on a small held-out set
+POOR_FIDELITY = 0.9  # a headline below this is worth a note even when no --max-drop gates it
 Step = Callable[[str], None]
 
 
@@ -265,6 +266,12 @@ def to_int8(
             step(line)
         if gate:
             artifact.fidelity.check(config.max_drop)
+        metric, value = artifact.fidelity.headline
+        if value < POOR_FIDELITY and config.max_drop is None:
+            artifact.notes.append(
+                f"INT8 follows FP32 poorly here ({metric} {value:.3f} on {len(artifact.fidelity.images)} held-out "
+                "images): try another --algo (abs_max, mse, KL), more calibration images or --skip-tensors, and "
+                "gate builds with --max-drop")
         result.artifacts[target.name] = artifact
     return result
 
@@ -416,9 +423,12 @@ def _latency(path: Path, sample: dict[str, np.ndarray], budget_s: float) -> Late
 
 def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
     """Most faithful first (headline metric, then the secondary one: mean cosine, or mean IoU of
-    matched detections); latency decides near-ties."""
+    matched detections); latency decides near-ties. A headline that counts items (top-1 over
+    held-out images, detections) is tied within one item: on 5 images, 0.8 vs 0.6 top-1 is one
+    image, not a better recipe."""
     best_head = max(c.fidelity.headline[1] for c in candidates)
-    faithful = [c for c in candidates if c.fidelity.headline[1] >= best_head - NEAR_TIE]
+    faithful = [c for c in candidates
+                if c.fidelity.headline[1] >= best_head - max(NEAR_TIE, c.fidelity.resolution) - 1e-12]
     best_second = max(c.fidelity.secondary[1] for c in faithful)
     contenders = [c for c in faithful if c.fidelity.secondary[1] >= best_second - NEAR_TIE]
     return min(contenders, key=lambda c: c.latency.median_ms)

@@ -104,6 +104,19 @@ class FidelityReport:
         return "mean cosine", first.cosine_mean
 
     @property
+    def resolution(self) -> float:
+        """The smallest step the headline can take: one of the items it counts (held-out images for
+        top-1, detections, pixels). Two candidates closer than this are tied; 0 for cosines."""
+        if self.detection is not None:
+            counted = sum(max(i["reference"], i["candidate"]) for i in self.detection.per_image)
+            return 1.0 / counted if counted else 0.0
+        if self.segmentation is not None:
+            return 1.0 / self.segmentation.pixels
+        if self.outputs and self.outputs[0].top1_agreement is not None:
+            return 1.0 / len(self.images)
+        return 0.0
+
+    @property
     def secondary(self) -> tuple[str, float]:
         """The tie-breaker after the headline: mean IoU of matched detections, else the first output's mean cosine."""
         if self.detection is not None:
