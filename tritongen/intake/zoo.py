@@ -1,6 +1,6 @@
 """Zoo names -> official Paddle export archives, downloaded once into a cache.
 
-URLs are the FastDeploy download links the seed documents use. Their publishers give no
+URLs are the FastDeploy download links of its published documents. Their publishers give no
 checksums, so an entry without a pinned sha256 is verified trust-on-first-use: the digest
 seen on the first download is stored beside the cache and every later use must match it.
 ``--sha256`` pins one explicitly. ``TRITONGEN_ZOO_MIRROR`` replaces the URL host part for
