@@ -90,7 +90,7 @@ def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
 
 def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:
     """runtime.json ``nms_outputs`` for a detector with multiclass_nms3 inside the graph: the
-    runtime model (templates/python/runtime.py) returns its rows + counts batch-major."""
+    runtime model (tritongen/templates/python/runtime.py) returns its rows + counts batch-major."""
     if not spec.nms_in_graph:
         return {}
     rows, counts = (t.name for t in spec.outputs)

@@ -1,4 +1,4 @@
-"""Render config.pbtxt from templates/ with jinja2; parse every result with Triton's proto."""
+"""Render config.pbtxt from tritongen/templates/ with jinja2; parse every result with Triton's proto."""
 from __future__ import annotations
 
 import functools
@@ -23,13 +23,13 @@ NUMPY_TO_TRITON = {
 }
 
 
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"  # package data: ships in the wheel
+
+
 def templates_dir() -> Path:
-    """The repository's top-level templates/ (an editable install) or the installed copy."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "templates", here.parents[1] / "templates"):
-        if (candidate / "ensemble").is_dir():
-            return candidate
-    raise EmitError(f"templates/ not found next to {here.parents[1]}; reinstall tritongen")
+    if not (TEMPLATES / "ensemble").is_dir():
+        raise EmitError(f"{TEMPLATES} is missing (a broken install); reinstall tritongen")
+    return TEMPLATES
 
 
 def _pbstr(value: Any) -> str:
