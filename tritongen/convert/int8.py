@@ -249,8 +249,6 @@ def to_int8(
 ) -> Int8Result:
     """Quantize ``fp32`` once, prepare every target's artifact, gate each on ``config.max_drop``.
     ``keep_going`` (benchmarks): a target that fails is recorded in ``skipped``, the others go on."""
-    if fp32.is_quantized:
-        raise TritongenError(f"{fp32.source_dir} is already quantized; build it without --int8")
     quantized = quantize(fp32, config, work / "int8_export", gate=False, step=step)
     step(f"Paddle INT8 vs FP32: {quantized.fidelity.summary()}")
     result = Int8Result(quantized, {})

@@ -8,7 +8,7 @@ explains itself; nothing reads it back within a run.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,6 @@ class QuantizeConfig:
             raise TritongenError("at least one ONNX Runtime INT8 recipe is needed")
         if self.method is QuantMethod.PTQ and (self.act_config is not None or self.train_iters is not None):
             raise TritongenError("--config and --train-iters apply to --method qat")
-
-    def with_algo(self, algo: CalibrationAlgo) -> "QuantizeConfig":
-        return replace(self, algo=algo)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
