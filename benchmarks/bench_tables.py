@@ -1,7 +1,7 @@
 """FastDeploy's published tables regenerated for real architectures, ours beside theirs.
 
-    .venv/bin/python benchmarks/bench_tables.py --cache /tmp/real                  # all models, 30 runs
-    .venv/bin/python benchmarks/bench_tables.py --cache /tmp/real --models mobilenetv1 --runs 3 --warmup 1
+    .venv/bin/python benchmarks/bench_tables.py                                        # all models, 30 runs
+    .venv/bin/python benchmarks/bench_tables.py --cache CACHE --models mobilenetv1 --runs 3 --warmup 1
 
 Exports are made once into ``--cache`` (default ``$TRITONGEN_CACHE/benchmarks``, else
 ``~/.cache/tritongen/benchmarks``) and reused: ``resnet50_vd`` / ``mobilenetv1`` by

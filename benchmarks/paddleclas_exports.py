@@ -2,11 +2,11 @@
 
 Architectures come from the ``paddleclas`` wheel (installed with --no-deps by the setup
 script; its package __init__ needs the whole training stack, so only the backbone modules
-are loaded). Trained weights cannot be downloaded here, so the weights are random with
-BatchNorm statistics re-estimated on real photos: the activations then have realistic
-ranges, which is what latency and quantization depend on. The export is what PaddleClas's
-``tools/export_model.py`` writes: the network plus a softmax, feed ``x`` [-1, 3, 224, 224],
-and the standard ImageNet ``inference_cls.yaml``.
+are loaded). The benchmarks run offline (no trained weights are downloaded), so the
+weights are random with BatchNorm statistics re-estimated on real photos: the activations
+then have realistic ranges, which is what latency and quantization depend on. The export is
+what PaddleClas's ``tools/export_model.py`` writes: the network plus a softmax, feed ``x``
+[-1, 3, 224, 224], and the standard ImageNet ``inference_cls.yaml``.
 """
 from __future__ import annotations
 

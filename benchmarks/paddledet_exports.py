@@ -14,9 +14,10 @@ arguments of the upstream config, which the wheel does not ship::
         640x640 keep_ratio false interp 2, NormalizeImage ImageNet mean/std is_scale, Permute
     (github.com/PaddlePaddle/PaddleDetection, release/2.6)
 
-Trained weights cannot be downloaded here, so the weights are random with BatchNorm statistics
-re-estimated on real photos (skimage's sample images) pushed through the deploy preprocessing:
-activations then have realistic ranges, which is what latency and INT8 calibration depend on.
+The benchmarks run offline (no trained weights are downloaded), so the weights are random with
+BatchNorm statistics re-estimated on real photos (skimage's sample images) pushed through the
+deploy preprocessing: activations then have realistic ranges, which is what latency and INT8
+calibration depend on.
 The prediction convolutions get random weights too (upstream initialises them to zero, which
 gives every anchor exactly score 0.01: NMS would see no box at all), and the classification
 one is then rescaled so that on the 75th-percentile photo about ``CANDIDATES_PER_IMAGE``

@@ -9,9 +9,10 @@ with the arguments of the upstream configs (github.com/PaddlePaddle/PaddleSeg, r
     configs/bisenet/bisenet_cityscapes_1024x1024_160k.yml   model BiSeNetV2, num_classes 19
     configs/_base_/cityscapes.yml   19 classes; val_dataset transforms: [Normalize]
 
-Trained weights cannot be downloaded here, so the weights are random with BatchNorm statistics
-re-estimated on real photos (skimage's sample images) pushed through the deploy transforms:
-activations then have realistic ranges, which is what latency and INT8 calibration depend on.
+The benchmarks run offline (no trained weights are downloaded), so the weights are random with
+BatchNorm statistics re-estimated on real photos (skimage's sample images) pushed through the
+deploy transforms: activations then have realistic ranges, which is what latency and INT8
+calibration depend on.
 Latency is meaningful; INT8-vs-FP32 agreement is not (random logits have small margins between
 classes, so INT8 rounding flips a third or more of the argmax pixels).
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The offline demo: make a small PaddleClas-style export, build it for two backends, serve it
-# with the real tritonserver, and classify real photos over gRPC. Needs no network.
+# with the real tritonserver, and classify real photos over gRPC. Needs no network once set up.
+# Sets up first (scripts/setup.sh) when .venv is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh --if-needed
 export PATH="$PWD/.venv/bin:$PATH"
 WORK=${DEMO_DIR:-demo}
 GRPC=${GRPC_PORT:-8001}; HTTP=${HTTP_PORT:-8000}; METRICS=${METRICS_PORT:-8002}

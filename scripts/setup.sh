@@ -1,8 +1,46 @@
 #!/usr/bin/env bash
 # Install everything tritongen needs on a fresh Debian 12 machine into ./.venv.
 # Idempotent: re-running only installs what is missing.
+#
+#   bash scripts/setup.sh             set up (or bring up to date), then stamp .venv
+#   bash scripts/setup.sh --check     exit 0 when .venv is set up and current; else print why, exit 1
+#   bash scripts/setup.sh --if-needed set up only when --check fails (what demo.sh and test.sh run)
+#   bash scripts/setup.sh --digest    print the digest of what defines the environment
+#
+# The stamp (.venv/.tritongen-setup) holds a digest of the files that define the environment:
+# pyproject.toml and this script (its apt packages and no-deps pins). It is written only after a
+# complete, verified setup, so an interrupted one leaves the environment stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+STAMP=.venv/.tritongen-setup
+DEFINES=(pyproject.toml scripts/setup.sh)
+
+digest() { sha256sum "${DEFINES[@]}" | sha256sum | cut -d' ' -f1; }
+
+# Why the environment needs setting up (one line), or nothing when it is current.
+stale_reason() {
+  if [ ! -d .venv ]; then echo "no .venv yet"
+  elif ! .venv/bin/python -c "" 2>/dev/null; then echo ".venv's python does not run"
+  elif [ ! -f "$STAMP" ]; then echo ".venv has no setup stamp (setup never completed)"
+  elif [ "$(cat "$STAMP")" != "$(digest)" ]; then echo "pyproject.toml or scripts/setup.sh changed since the last setup"
+  fi
+}
+
+case "${1:-}" in
+  "") ;;
+  --digest) digest; exit 0 ;;
+  --check)
+    why=$(stale_reason)
+    if [ -n "$why" ]; then echo "stale: $why"; exit 1; fi
+    exit 0 ;;
+  --if-needed)
+    why=$(stale_reason)
+    [ -z "$why" ] && exit 0
+    echo "tritongen: $why; setting up: bash scripts/setup.sh" >&2 ;;
+  *) echo "usage: bash scripts/setup.sh [--check | --if-needed | --digest]" >&2; exit 2 ;;
+esac
+rm -f "$STAMP"
 
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
@@ -34,3 +72,4 @@ from tritongen.serve import find_tritonserver
 print("tritongen environment ready:", "paddle", paddle.__version__, "| paddle2onnx", paddle2onnx.__version__,
       "| onnxruntime", onnxruntime.__version__, "| tritonserver", find_tritonserver().binary)
 PY
+digest > "$STAMP"

@@ -141,6 +141,9 @@ class _Unpreparable(Int8Target):
     def prepare(self, quantized, fp32_onnx, work, step):
         raise ConversionError("this runtime has no INT8 kernels")
 
+    def adopt(self, spec, work, step):
+        raise ConversionError("this runtime has no INT8 kernels")
+
 
 def test_keep_going_records_a_failing_target_and_goes_on(clas_export, calib_dir, tmp_path):  # noqa: F811
     fp32 = load_model(clas_export)

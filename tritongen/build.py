@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,12 @@ from .convert.runtime import convert_for_runtime
 from .emit import Repository, check_name, get_backend, plan_models, write_repository
 from .emit.backends import RuntimeOptions
 from .errors import TritongenError
-from .intake import ModelSpec, load_model
+from .intake import ModelSpec, load_model, zoo
+from .intake.spec import QuantFormat
 from .quantize.config import QuantizeConfig
+
+DEFAULT_BACKEND = "python-onnxruntime"
+FP16_BACKEND = "tensorrt"  # the one backend where --fp16 applies
 
 
 @dataclass
@@ -27,12 +32,13 @@ class BuildResult:
     repository: Repository
     int8: "Int8Artifact | None" = None  # noqa: F821  (convert.int8, imported only for --int8)
     notes: list[str] = field(default_factory=list)  # what must happen before Triton can serve it (e.g. build a plan)
+    next_command: str | None = None  # the one command to run before Triton can load the repository
 
 
 def build(
     source: str | Path,
     output: str | Path,
-    backend: str = "python-onnxruntime",
+    backend: str | None = None,
     name: str | None = None,
     force: bool = False,
     opset: int = DEFAULT_OPSET,
@@ -43,33 +49,64 @@ def build(
     min_image_side: int | None = None,
     sha256: str | None = None,
     int8: QuantizeConfig | None = None,
+    published_int8: bool = False,
     fp16: bool = False,
     step: Callable[[str], None] = lambda message: None,
     trt_accelerator: str | None = None,
     score_threshold: float | None = None,
     max_detections: int | None = None,
 ) -> BuildResult:
-    """Build a Triton repository for ``source`` (export directory or zoo name) into ``output``."""
+    """Build a Triton repository for ``source`` (export directory or zoo name) into ``output``.
+
+    ``int8`` quantizes the FP32 model; ``published_int8`` takes the INT8 model the zoo publishes
+    for a zoo name (an export directory must already be quantized). A model that arrives
+    quantized builds for every backend (:func:`convert.int8.adopt_int8`). ``backend`` None:
+    tensorrt with ``fp16`` (the only backend where FP16 applies), else python-onnxruntime."""
+    if backend is None:
+        backend = FP16_BACKEND if fp16 else DEFAULT_BACKEND
+        if fp16:
+            step(f"--fp16: building for the {FP16_BACKEND} backend, the one where FP16 applies (--backend chooses another)")
     runtime_backend = get_backend(backend)
     output = Path(output)
     if fp16 and not runtime_backend.accepts_fp16:
-        raise TritongenError(f"--fp16 applies to the tensorrt backend, not {backend}")
+        raise TritongenError(f"--fp16 applies to the {FP16_BACKEND} backend, not {backend}")
+    if int8 is not None and published_int8:
+        raise TritongenError("give either a quantization config (--calib-dir) or the zoo's published INT8 model, not both")
+    if published_int8:
+        source = _published_int8(source, step)
     step(f"reading {source}")
     spec = load_model(source, name=name, labels=labels, sha256=sha256, score_threshold=score_threshold,
                       max_detections=max_detections)
     check_name(spec.name)
     if int8 is not None and spec.is_quantized:
-        raise TritongenError(f"{spec.source_dir} is already quantized; build it without --int8")
+        raise TritongenError(f"{spec.source_dir} is already quantized; build it without --calib-dir")
+    if published_int8 and not spec.is_quantized:
+        raise TritongenError(f"{source} is an FP32 export: --int8 needs --calib-dir DIR (images to calibrate on) "
+                             "to quantize it")
+    fp32 = _fp32_original(source, spec, step, score_threshold=score_threshold, max_detections=max_detections)
+    notes: list[str] = []
+    if isinstance(fp32, str):
+        notes.append(fp32)
+        fp32 = None
     with tempfile.TemporaryDirectory(prefix="tritongen-build-") as tmp:
         work = Path(tmp)
+        arrived_as = spec.quant_format
+        if spec.quant_format is QuantFormat.LEGACY:
+            from .convert.legacy_quant import legacy_to_qdq
+
+            step(f"rewriting {spec.model_file.name}'s fake_quantize / fake_dequantize ops as quantize_linear / "
+                 "dequantize_linear pairs (the format paddle2onnx and oneDNN take)")
+            spec = legacy_to_qdq(spec, work / "qdq")
         if spec.nms_in_graph and not runtime_backend.runs_nms_graphs:
             from .convert.nms import cut_nms
 
             step(f"cutting multiclass_nms3 off {spec.model_file.name}: {backend} batches the network, "
                  "NMS runs batched in the postprocess model with the op's settings")
             spec = cut_nms(spec, work / "nms_cut")
+            if fp32 is not None:
+                fp32 = cut_nms(fp32, work / "fp32_nms_cut")
         onnx = None
-        if runtime_backend.needs_onnx:
+        if runtime_backend.needs_onnx and not spec.is_quantized:
             step(f"converting {spec.model_file.name} to ONNX (opset {opset}) and checking it against Paddle")
             onnx = paddle_to_onnx(spec, work / "model.onnx", opset=opset)
         build_info: dict[str, object] = {"onnx": {"opset": onnx.opset, "max_abs_diff_vs_paddle": onnx.validation}} if onnx else {}
@@ -81,21 +118,58 @@ def build(
             artifact = to_int8(spec, int8, [target], work, fp32_onnx=runtime_onnx, step=step).artifacts[target.name]
             runtime_spec, runtime_onnx = artifact.spec, artifact.onnx
             build_info["int8"] = artifact.to_dict()
-        options = RuntimeOptions(threads=threads, max_batch_size=max_batch_size, int8=int8 is not None, fp16=fp16,
+        elif spec.is_quantized:
+            from .convert.int8 import adopt_int8, get_int8_target
+
+            artifact = adopt_int8(spec, get_int8_target(runtime_backend.int8_target), work, fp32=fp32, step=step,
+                                  arrived_as=arrived_as)
+            runtime_spec, runtime_onnx = artifact.spec, artifact.onnx
+            build_info["int8"] = artifact.to_dict()
+        runs_int8 = artifact is not None and artifact.int8_kernels
+        options = RuntimeOptions(threads=threads, max_batch_size=max_batch_size, int8=runs_int8, fp16=fp16,
                                  trt_accelerator=trt_accelerator)
         runtime = convert_for_runtime(
             runtime_spec, runtime_onnx, runtime_backend.onnx_passes(options), max_batch_size=max_batch_size,
-            tensorrt_plan=runtime_backend.builds_tensorrt_plan, fp16=fp16, int8=int8 is not None,
+            tensorrt_plan=runtime_backend.builds_tensorrt_plan, fp16=fp16, int8=runs_int8,
         )
         step(f"writing {backend} repository {spec.name!r} into {output}")
         models = plan_models(runtime_spec, backend, spec.name, runtime, max_batch_size=max_batch_size,
                              instances=instances, min_image_side=min_image_side, build_info=build_info, options=options)
         write_repository(models, output, force=force)
-    notes = [note for model in models for note in model.notes]
+    notes += [note for model in models for note in model.notes]
     for note in notes:
         step(note)
+    next_command = next((m.next_command.format(repository=shlex.quote(str(output.resolve())))
+                         for m in models if m.next_command), None)
     repository = Repository(
         path=output, ensemble=spec.name, models=[m.name for m in models], backend=backend,
         served_locally=runtime_backend.served_locally,
     )
-    return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=artifact, notes=notes)
+    return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=artifact, notes=notes,
+                       next_command=next_command)
+
+
+def _published_int8(source: str | Path, step: Callable[[str], None]) -> str | Path:
+    """``--int8`` without calibration images: a zoo name becomes the zoo's published INT8 model;
+    a directory is taken as it is (it must be quantized already)."""
+    if Path(source).exists() or str(source) not in zoo.ZOO:
+        return source
+    entry = zoo.published_int8(str(source))
+    if entry.name != source:
+        step(f"--int8: using {entry.name}, the INT8 model FastDeploy publishes for {source} ({entry.archive_name}); "
+             f"--calib-dir DIR quantizes {source} yourself instead")
+    return entry.name
+
+
+def _fp32_original(source: str | Path, spec: ModelSpec, step: Callable[[str], None],
+                   **options) -> ModelSpec | str | None:
+    """The FP32 model a zoo INT8 model was quantized from, for the INT8-vs-FP32 report; a note
+    (str) when it cannot be had; None when there is none to look for."""
+    entry = zoo.ZOO.get(str(source)) if not Path(source).exists() else None
+    if not spec.is_quantized or entry is None or entry.fp32 is None:
+        return None
+    step(f"reading {entry.fp32}, the FP32 original of {entry.name}, to measure INT8 against it")
+    try:
+        return load_model(entry.fp32, **options)
+    except TritongenError as exc:
+        return f"INT8 vs FP32 not measured: the FP32 original {entry.fp32} is not available ({exc})"

@@ -62,7 +62,8 @@ def build(
     source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name (see `tritongen zoo`)."),
     output: Path = typer.Option(Path("model_repository"), "--output", "-o", help="Model repository to write into."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Ensemble name (default: the directory name)."),
-    backend: str = typer.Option("python-onnxruntime", "--backend", "-b", help="python-onnxruntime | python-paddle | onnxruntime | tensorrt"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="python-onnxruntime (default) | python-paddle | "
+                                          "onnxruntime | tensorrt (default with --fp16)"),
     force: bool = typer.Option(False, "--force", help="Replace models of the same name already in OUTPUT."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="max_batch_size of every model."),
     instances: int = typer.Option(1, "--instances", min=1, help="Instances of the preprocess and runtime models."),
@@ -75,8 +76,9 @@ def build(
                                                     help="Detection: drop boxes below this score (default: the export's draw_threshold)."),
     max_detections: Optional[int] = typer.Option(None, "--max-detections", min=1,
                                                  help="Detection: boxes returned per image (default 100)."),
-    int8: bool = typer.Option(False, "--int8", help="Quantize (PaddleSlim) and serve INT8; needs --calib-dir."),
-    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16."),
+    int8: bool = typer.Option(False, "--int8", help="Serve INT8: with --calib-dir quantize (PaddleSlim); without, a zoo "
+                                                      "name takes the INT8 model FastDeploy publishes for it."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: run the non-INT8 part in FP16 (selects --backend tensorrt)."),
     trt_accelerator: Optional[str] = typer.Option(None, "--trt-accelerator",
                                                   help="onnxruntime backend: TensorRT execution accelerator, FP16 or INT8."),
     calib_dir: CalibDir = None,
@@ -92,14 +94,15 @@ def build(
     """Build a Triton model repository: ensemble NAME = preprocess -> runtime -> postprocess."""
     from .build import build as run_build
 
+    quantize = int8 and calib_dir is not None
     config = _quantize_config(calib_dir, method, algo, batch_size, batch_nums, skip_tensors, act_config, train_iters,
-                              max_drop) if int8 else None
+                              max_drop) if quantize else None
     with console.status("building") as status:
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
-            int8=config, fp16=fp16, trt_accelerator=trt_accelerator, score_threshold=score_threshold,
-            max_detections=max_detections, step=_step_printer(status),
+            int8=config, published_int8=int8 and not quantize, fp16=fp16, trt_accelerator=trt_accelerator,
+            score_threshold=score_threshold, max_detections=max_detections, step=_step_printer(status),
         )
     repo = result.repository
     for note in (result.int8.notes if result.int8 else []) + result.spec.notes:
@@ -108,10 +111,16 @@ def build(
     if result.onnx:
         worst = max(result.onnx.validation.values(), default=0.0)
         out.print(f"ONNX opset {result.onnx.opset}; max |ONNX - Paddle| on random inputs: {worst:.2e}")
-    if result.int8:
-        out.print(f"INT8 ({result.int8.target}) vs FP32: {result.int8.fidelity.summary()}", highlight=False)
+    if result.int8 and result.int8.conversion:
+        from .convert.quantized import conversion_summary
+
+        out.print(f"conversion check: {conversion_summary(result.int8.conversion)}", highlight=False, soft_wrap=True)
+    if result.int8 and result.int8.fidelity:
+        out.print(f"INT8 ({result.int8.target}) vs FP32: {result.int8.fidelity.summary()}", highlight=False, soft_wrap=True)
     if not repo.served_locally:
         out.print(f"note: {repo.backend} runs in the official tritonserver container (see docker/), not `tritongen serve`")
+    if result.next_command:
+        out.print(f"next: {result.next_command}", highlight=False, soft_wrap=True)
 
 
 def _step_printer(status):

@@ -35,13 +35,14 @@ import numpy as np
 import onnx
 
 from ..errors import ConversionError, TritongenError
-from ..intake.spec import ModelSpec
+from ..intake.spec import ModelSpec, QuantFormat
 from ..measure import Latency, cpu_info, measure
 from ..processing.runners import OnnxRuntimeRunner
 from ..quantize import OrtRecipe, QuantizedModel, QuantizeConfig, quantize
 from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
 from ..registry import Registry
+from . import quantized as quantized_check
 from .onnx import paddle_to_onnx
 from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, activations_to_uint8, fusion_report,
                                  fuse_relu_requantization, rename_outputs)
@@ -67,20 +68,23 @@ class Int8Report(ABC):
 @dataclass
 class Int8Artifact:
     target: str
-    quantized: QuantizedModel  # the INT8 Paddle export everything starts from
-    onnx: Path | None  # the INT8 ONNX the runtime runs (None: Paddle runs quantized.spec itself)
-    fidelity: FidelityReport  # this artifact vs FP32 on held-out images: what the gate checks
+    spec: ModelSpec  # the INT8 Paddle program everything starts from
+    onnx: Path | None  # the INT8 ONNX the runtime runs (None: Paddle runs ``spec`` itself)
+    fidelity: FidelityReport | None  # this artifact vs FP32: what the gate checks (None: no FP32 model at hand)
     report: Int8Report
+    quantized: QuantizedModel | None = None  # set when tritongen quantized the model (None: it arrived quantized)
+    conversion: FidelityReport | None = None  # arrived quantized: the artifact vs Paddle on the same program
+    int8_kernels: bool = True  # False: the runtime runs the program in float kernels (see PaddleOneDnn.adopt)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.quantized.spec
+    arrived_as: QuantFormat | None = None  # arrived quantized: the format it came in (legacy ones are rewritten)
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "quantization": self.quantized.record.to_dict(),
-                "paddle_fidelity": self.quantized.fidelity.to_dict(), "fidelity": self.fidelity.to_dict(),
-                self.target: self.report.to_dict(), "notes": list(self.notes)}
+        origin = ({"quantization": self.quantized.record.to_dict(), "paddle_fidelity": self.quantized.fidelity.to_dict()}
+                  if self.quantized else {"quantization": {"pre_quantized": True,
+                                                           "format": (self.arrived_as or self.spec.quant_format).value}})
+        return {"target": self.target, **origin, "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+                "conversion_check": self.conversion.to_dict() if self.conversion else None,
+                "int8_kernels": self.int8_kernels, self.target: self.report.to_dict(), "notes": list(self.notes)}
 
 
 @dataclass
@@ -156,6 +160,11 @@ class Int8Target(ABC):
     def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
         """The artifact this target serves, with its fidelity to FP32 measured."""
 
+    @abstractmethod
+    def adopt(self, spec: ModelSpec, work: Path, step: Step) -> Int8Artifact:
+        """The artifact this target serves for a program that arrived quantized, checked against
+        Paddle Inference on the same program (:mod:`convert.quantized`); no FP32 fidelity yet."""
+
 
 @register_int8_target
 class PaddleOneDnn(Int8Target):
@@ -163,7 +172,24 @@ class PaddleOneDnn(Int8Target):
     needs_onnx = False
 
     def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
-        return Int8Artifact(self.name, quantized, None, quantized.fidelity, PaddleInt8Report())
+        return Int8Artifact(self.name, quantized.spec, None, quantized.fidelity, PaddleInt8Report(), quantized=quantized)
+
+    def adopt(self, spec: ModelSpec, work: Path, step: Step) -> Int8Artifact:
+        """oneDNN reads observer-only Q/DQ pairs as Paddle's kernels do: checked against the program
+        as it is. oneDNN's INT8 passes do not follow every program; then the runtime runs it in
+        Paddle's float kernels (the same answers, no INT8 speed) rather than answer differently."""
+        step("checking oneDNN INT8 against the program in Paddle's own kernels on sample photos")
+        check = quantized_check.checked_spec(spec, work)
+        try:
+            conversion = quantized_check.check_conversion(
+                quantized_check.paddle_runner(check), quantized_check.paddle_runner(check, int8=True), check,
+                candidate_name="INT8 Paddle Inference (oneDNN)", reference_name="the program in Paddle's float kernels")
+        except ConversionError as exc:
+            note = (f"{exc}. The python-paddle runtime runs the program in Paddle's float kernels instead: the same "
+                    "answers as the program, without INT8 speed; python-onnxruntime serves it in INT8")
+            return Int8Artifact(self.name, spec, None, None, PaddleInt8Report("Paddle Inference, float kernels"),
+                                int8_kernels=False, notes=[note])
+        return Int8Artifact(self.name, spec, None, None, PaddleInt8Report(), conversion=conversion)
 
 
 @register_int8_target
@@ -178,8 +204,13 @@ class TensorRTInt8(Int8Target):
 
     def prepare(self, quantized: QuantizedModel, fp32_onnx: Path | None, work: Path, step: Step) -> Int8Artifact:
         path = paddle_qdq_onnx(quantized.spec, work / "tensorrt_qdq.onnx")
-        q = sum(1 for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear")
-        return Int8Artifact(self.name, quantized, path, quantized.fidelity, TensorRTInt8Report(q))
+        return Int8Artifact(self.name, quantized.spec, path, quantized.fidelity, TensorRTInt8Report(_quantize_nodes(path)),
+                            quantized=quantized)
+
+    def adopt(self, spec: ModelSpec, work: Path, step: Step) -> Int8Artifact:
+        """TensorRT cannot run here: the Q/DQ ONNX it will build from is checked in ONNX Runtime."""
+        path, conversion = _convert_and_check(spec, work / "tensorrt", paddle_qdq_onnx, "INT8 Q/DQ ONNX (ONNX Runtime)", step)
+        return Int8Artifact(self.name, spec, path, None, TensorRTInt8Report(_quantize_nodes(path)), conversion=conversion)
 
 
 @register_int8_target
@@ -225,7 +256,56 @@ class OnnxRuntimeInt8(Int8Target):
             cpu = cpu_info()
             notes.append(f"INT8 ({report.chosen.latency.median_ms:.1f} ms) is not faster than FP32 "
                          f"({fp32_latency.median_ms:.1f} ms) on this CPU, {cpu}: {cpu.int8_expectation()}")
-        return Int8Artifact(self.name, quantized, report.chosen.path, report.chosen.fidelity, report, notes)
+        return Int8Artifact(self.name, quantized.spec, report.chosen.path, report.chosen.fidelity, report,
+                            quantized=quantized, notes=notes)
+
+
+    def adopt(self, spec: ModelSpec, work: Path, step: Step) -> Int8Artifact:
+        """The program's own scales with uint8 activations (the paddle-scales recipe): the only
+        recipe that needs no FP32 model and no calibration images."""
+        def convert(program: ModelSpec, out: Path) -> Path:
+            qdq = paddle_qdq_onnx(program, out.with_name(f"{out.stem}.qdq.onnx"))
+            return _paddle_scales_recipe(qdq, out)
+
+        path, conversion = _convert_and_check(spec, work / "onnxruntime", convert,
+                                              f"INT8 ONNX Runtime ({OrtRecipe.PADDLE_SCALES.value})", step)
+        return Int8Artifact(self.name, spec, path, None, OrtAdoptedReport(OrtRecipe.PADDLE_SCALES, fusion_report(path)),
+                            conversion=conversion)
+
+
+@dataclass
+class OrtAdoptedReport(Int8Report):
+    recipe: OrtRecipe
+    fusion: FusionReport
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe.value, "fused": f"{self.fusion.fused}/{self.fusion.convs}"}
+
+    def lines(self) -> list[str]:
+        return [f"ONNX Runtime INT8 ({self.recipe.value}): {self.fusion}"]
+
+
+def _quantize_nodes(path: Path) -> int:
+    return sum(1 for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear")
+
+
+def _convert_and_check(spec: ModelSpec, work: Path, convert: Callable[[ModelSpec, Path], Path], name: str,
+                       step: Step) -> tuple[Path, FidelityReport]:
+    """``convert`` the quantized program to ONNX; check the result (the graph cut before NMS for
+    detectors that have it) against Paddle Inference on the same program."""
+    work.mkdir(parents=True, exist_ok=True)
+    step(f"converting the quantized {spec.model_file.name} to ONNX for {name}")
+    path = convert(spec, work / "model.int8.onnx")
+    check, check_path = spec, path
+    if spec.nms_in_graph:
+        check = quantized_check.checked_spec(spec, work)
+        check_path = convert(check, work / "check.int8.onnx")
+    step(f"checking {name} against the same program in Paddle Inference on sample photos")
+    reference = quantized_check.observers_applied(check, work / "reference")
+    conversion = quantized_check.check_conversion(
+        quantized_check.paddle_runner(reference), quantized_check.onnx_runner(check_path), check,
+        candidate_name=name, reference_name="the same INT8 program in Paddle Inference")
+    return path, conversion
 
 
 def _one_line(exc: BaseException) -> str:
@@ -272,6 +352,23 @@ def to_int8(
                 "gate builds with --max-drop")
         result.artifacts[target.name] = artifact
     return result
+
+
+def adopt_int8(spec: ModelSpec, target: Int8Target, work: Path, fp32: ModelSpec | None = None,
+               step: Step = lambda message: None, arrived_as: QuantFormat | None = None) -> Int8Artifact:
+    """The stage for a program that arrived quantized (Q/DQ; legacy programs are rewritten to Q/DQ
+    first, ``convert.legacy_quant``): ``target``'s artifact, checked against Paddle on the same
+    program; with its FP32 original at hand, the INT8-vs-FP32 fidelity on sample photos."""
+    artifact = target.adopt(spec, work, step)
+    artifact.arrived_as = arrived_as or spec.quant_format
+    for line in artifact.report.lines():
+        step(line)
+    if fp32 is not None:
+        step(f"measuring INT8 vs the FP32 original {fp32.name} on sample photos")
+        candidate = (quantized_check.onnx_runner(artifact.onnx) if artifact.onnx is not None
+                     else quantized_check.paddle_runner(artifact.spec, int8=artifact.int8_kernels))
+        artifact.fidelity = quantized_check.fidelity_to_fp32(fp32, candidate, f"INT8 ({target.name})")
+    return artifact
 
 
 # ------------------------------------------------------------------------------ ONNX Runtime recipes
@@ -432,6 +529,6 @@ def choose(candidates: list[Int8Candidate]) -> Int8Candidate:
     return min(contenders, key=lambda c: c.latency.median_ms)
 
 
-__all__ = ["to_int8", "Int8Result", "Int8Target", "Int8Artifact", "INT8_TARGETS", "get_int8_target", "register_int8_target",
+__all__ = ["to_int8", "adopt_int8", "OrtAdoptedReport", "Int8Result", "Int8Target", "Int8Artifact", "INT8_TARGETS", "get_int8_target", "register_int8_target",
            "OnnxRuntimeInt8", "TensorRTInt8", "PaddleOneDnn", "OrtInt8Report", "TensorRTInt8Report",
            "PaddleInt8Report", "Int8Candidate", "KeepFloat", "ORT_RECIPES", "paddle_qdq_onnx", "choose"]

@@ -50,6 +50,9 @@ class RuntimeFiles:
     executable: set[str] = field(default_factory=set)  # version-directory files to mark executable
     model_files: dict[str, Path | str] = field(default_factory=dict)  # files next to config.pbtxt
     notes: list[str] = field(default_factory=list)  # what the user must know (printed by `build`)
+    # the command the user runs next before Triton can load the model; "{repository}" = the repository's
+    # path, shell-quoted
+    next_command: str | None = None
     # optimization.execution_accelerators.gpu_execution_accelerator entries: {"name", "parameters"}
     gpu_accelerators: list[dict] = field(default_factory=list)
 
@@ -288,6 +291,8 @@ class TensorRTPlan(Backend):
             model_files={"README.md": readme},
             instance_kind=None,
             notes=[must_build],
+            next_command=f"docker run --rm --gpus all -v {{repository}}:/models {trt_convert.TRITON_IMAGE} "
+                         f"bash /models/{model}/1/build_plan.sh",
         )
 
 

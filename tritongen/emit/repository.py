@@ -35,6 +35,7 @@ class ModelDir:
     config: Any = None  # parsed ModelConfig
     executable: set[str] = field(default_factory=set)  # paths in the model dir written with mode 0755
     notes: list[str] = field(default_factory=list)  # what the user must know about this model
+    next_command: str | None = None  # what the user runs before Triton can load it ("{repository}" = its quoted path)
 
 
 @dataclass
@@ -111,6 +112,7 @@ def plan_models(
             {**{f"1/{k}": v for k, v in files.files.items()}, **files.model_files},
             executable={f"1/{k}" for k in files.executable},
             notes=list(files.notes),
+            next_command=files.next_command,
         )
     )
     models.append(

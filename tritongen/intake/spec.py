@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,31 @@ from ..processing.segmentation import SegmentationSettings
 from ..tasks import Task, task_named
 
 PostprocessSettings = ClassificationSettings | DetectionSettings | SegmentationSettings
+
+# Q/DQ pairs: what PaddleSlim ACT and quant_post_static(onnx_format=True) write.
+QDQ_OPS = frozenset({"quantize_linear", "dequantize_linear"})
+# The older formats (PaddleSlim before onnx_format, Paddle's QAT passes): frozen programs with
+# int8-valued weights and dequantize ops after each quantized op, or unfrozen quant-dequant ops.
+LEGACY_QUANT_OPS = frozenset({
+    "fake_quantize_abs_max", "fake_quantize_range_abs_max", "fake_quantize_moving_average_abs_max",
+    "fake_channel_wise_quantize_abs_max", "fake_dequantize_max_abs", "fake_channel_wise_dequantize_max_abs",
+    "fake_quantize_dequantize_abs_max", "fake_quantize_dequantize_moving_average_abs_max",
+    "fake_channel_wise_quantize_dequantize_abs_max",
+})
+
+
+class QuantFormat(Enum):
+    """How a Paddle program carries its INT8 quantization."""
+
+    NONE = "fp32"
+    QDQ = "quantize_linear"  # Q/DQ pairs (paddle2onnx converts them to ONNX QuantizeLinear/DequantizeLinear)
+    LEGACY = "fake_quantize"  # fake_quantize_* / fake_dequantize_* (rewritten to Q/DQ before conversion)
+
+    @classmethod
+    def of(cls, op_types: frozenset[str]) -> "QuantFormat":
+        if op_types & LEGACY_QUANT_OPS:
+            return cls.LEGACY
+        return cls.QDQ if op_types & QDQ_OPS else cls.NONE
 
 
 @dataclass(frozen=True)
@@ -76,9 +102,13 @@ class ModelSpec:
         return isinstance(self.postprocess, DetectionSettings) and self.postprocess.nms_in_graph
 
     @property
+    def quant_format(self) -> QuantFormat:
+        return QuantFormat.of(self.op_types)
+
+    @property
     def is_quantized(self) -> bool:
-        """A PaddleSlim QDQ program (quant_post_static / ACT with onnx_format=True)."""
-        return bool(self.op_types & {"quantize_linear", "dequantize_linear"})
+        """An INT8 program: PaddleSlim Q/DQ pairs, or the older fake_quantize / fake_dequantize ops."""
+        return self.quant_format is not QuantFormat.NONE
 
     @property
     def image_input(self) -> TensorSpec:

@@ -30,6 +30,8 @@ class ZooEntry:
     url: str
     family: str
     sha256: str | None = None  # None = trust on first use (see module doc)
+    int8: str | None = None  # the zoo name of the INT8 model published for this FP32 one
+    fp32: str | None = None  # the zoo name of the FP32 model this INT8 one was quantized from
 
     @property
     def archive_name(self) -> str:
@@ -39,20 +41,37 @@ class ZooEntry:
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("resnet50_vd", FASTDEPLOY + "ResNet50_vd_infer.tgz", "paddleclas"),
-        ZooEntry("mobilenetv1_ssld", FASTDEPLOY + "MobileNetV1_ssld_infer.tgz", "paddleclas"),
-        ZooEntry("resnet50_vd_ptq", FASTDEPLOY + "resnet50_vd_ptq.tar", "paddleclas"),
-        ZooEntry("mobilenetv1_ssld_ptq", FASTDEPLOY + "mobilenetv1_ssld_ptq.tar", "paddleclas"),
-        ZooEntry("ppyoloe", FASTDEPLOY + "ppyoloe_crn_l_300e_coco.tgz", "paddledetection"),
-        ZooEntry("ppyoloe_qat", FASTDEPLOY + "ppyoloe_crn_l_300e_coco_qat.tar", "paddledetection"),
+        ZooEntry("resnet50_vd", FASTDEPLOY + "ResNet50_vd_infer.tgz", "paddleclas", int8="resnet50_vd_ptq"),
+        ZooEntry("mobilenetv1_ssld", FASTDEPLOY + "MobileNetV1_ssld_infer.tgz", "paddleclas", int8="mobilenetv1_ssld_ptq"),
+        ZooEntry("resnet50_vd_ptq", FASTDEPLOY + "resnet50_vd_ptq.tar", "paddleclas", fp32="resnet50_vd"),
+        ZooEntry("mobilenetv1_ssld_ptq", FASTDEPLOY + "mobilenetv1_ssld_ptq.tar", "paddleclas", fp32="mobilenetv1_ssld"),
+        ZooEntry("ppyoloe", FASTDEPLOY + "ppyoloe_crn_l_300e_coco.tgz", "paddledetection", int8="ppyoloe_qat"),
+        ZooEntry("ppyoloe_qat", FASTDEPLOY + "ppyoloe_crn_l_300e_coco_qat.tar", "paddledetection", fp32="ppyoloe"),
         ZooEntry("yolov5s", FASTDEPLOY + "yolov5s_infer.tar", "paddledetection"),
         ZooEntry("yolov6s", FASTDEPLOY + "yolov6s_infer.tar", "paddledetection"),
         ZooEntry("yolov7", FASTDEPLOY + "yolov7_infer.tar", "paddledetection"),
-        ZooEntry("pp_liteseg", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer.tgz", "paddleseg"),
-        ZooEntry("pp_liteseg_qat", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer_QAT_new.tar", "paddleseg"),
+        ZooEntry("pp_liteseg", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer.tgz", "paddleseg",
+                 int8="pp_liteseg_qat"),
+        ZooEntry("pp_liteseg_qat", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer_QAT_new.tar",
+                 "paddleseg", fp32="pp_liteseg"),
         ZooEntry("bisenetv2", FASTDEPLOY + "Bisenet_cityscapes_without_argmax_infer.tgz", "paddleseg"),
     ]
 }
+
+
+def published_int8(name: str) -> ZooEntry:
+    """The INT8 model the zoo publishes for FP32 model ``name`` (``name`` itself when it is INT8)."""
+    entry = ZOO.get(name)
+    if entry is None:
+        raise ZooError(f"unknown model {name!r}: pass an export directory, or one of: {', '.join(sorted(ZOO))}")
+    if entry.fp32 is not None:
+        return entry
+    if entry.int8 is None:
+        with_int8 = ", ".join(sorted(e.name for e in ZOO.values() if e.int8))
+        raise ZooError(
+            f"{name} has no published INT8 model in the zoo (those that do: {with_int8}). Quantize it yourself with "
+            f"--int8 --calib-dir DIR (a folder of images like the ones it will serve), or build it in FP32 without --int8")
+    return ZOO[entry.int8]
 
 
 def cache_dir() -> Path:
