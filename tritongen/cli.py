@@ -421,14 +421,15 @@ def demo(
 
 @app.command()
 def zoo() -> None:
-    """List the model names `tritongen build` can download."""
+    """List the model names `tritongen build` can download (and which INT8 model FastDeploy publishes for each)."""
     from .intake.zoo import ZOO, cache_dir
 
     table = Table(title=f"zoo (cache: {cache_dir()})", title_justify="left")
-    for col in ("name", "family", "url"):
+    for col in ("name", "family", "INT8 / FP32", "url"):
         table.add_column(col)
     for entry in ZOO.values():
-        table.add_row(entry.name, entry.family, entry.url)
+        pair = f"INT8: {entry.int8}" if entry.int8 else f"FP32: {entry.fp32}" if entry.fp32 else ""
+        table.add_row(entry.name, entry.family, pair, entry.url)
     out.print(table)
 
 

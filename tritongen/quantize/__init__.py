@@ -55,7 +55,8 @@ def quantize(
     Paddle INT8 fidelity here, otherwise the caller gates the artifact it serves (convert.int8)."""
     fp32 = source if isinstance(source, ModelSpec) else load_model(source)
     if fp32.is_quantized:
-        raise TritongenError(f"{fp32.model_file} is already quantized (it has quantize_linear ops)")
+        raise TritongenError(f"{fp32.model_file} is already quantized ({fp32.quant_format.value} ops); "
+                             "build it as it is: tritongen build DIR")
     if config.method is QuantMethod.QAT:
         from .qat import check_qat_supported
 
