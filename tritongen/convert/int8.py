@@ -367,7 +367,8 @@ def adopt_int8(spec: ModelSpec, target: Int8Target, work: Path, fp32: ModelSpec 
         step(f"measuring INT8 vs the FP32 original {fp32.name} on sample photos")
         candidate = (quantized_check.onnx_runner(artifact.onnx) if artifact.onnx is not None
                      else quantized_check.paddle_runner(artifact.spec, int8=artifact.int8_kernels))
-        artifact.fidelity = quantized_check.fidelity_to_fp32(fp32, candidate, f"INT8 ({target.name})")
+        name = artifact.conversion.candidate if artifact.conversion else f"INT8 ({target.name})"
+        artifact.fidelity = quantized_check.fidelity_to_fp32(fp32, candidate, name)
     return artifact
 
 

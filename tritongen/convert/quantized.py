@@ -38,6 +38,7 @@ from ..quantize.fidelity import FidelityReport, Runner, compare
 MIN_COSINE = 0.99  # worst image, per output: rounding moves scores by far less, a wrong graph by far more
 MIN_PIXEL_AGREEMENT = 0.98  # label maps: near-tied logits may flip a few pixels
 SAMPLE_IMAGES = 4
+SAMPLE_KIND = "sample photos"  # FidelityReport.image_kind of these checks
 PERTURBATION = 1e-4  # relative input nudge that measures how far rounding alone moves a program's outputs
 ROUNDING_FACTOR = 3.0  # a conversion may differ from its reference by this multiple of that
 
@@ -99,6 +100,7 @@ def check_conversion(reference: Runner, candidate: Runner, spec: ModelSpec, cand
     images = sample_images(spec)
     config = spec.pipeline_config()
     report = compare(reference, candidate, images, config, reference_name=reference_name, candidate_name=candidate_name)
+    report.image_kind = SAMPLE_KIND
     problems = _problems(report)
     if problems:
         floor = compare(reference, _Perturbed(reference, images.image_feed), images, config)
@@ -128,23 +130,22 @@ def _problems(report: FidelityReport, floor: FidelityReport | None = None) -> li
             for o, f in zip(report.outputs, floors) if beyond(o.cosine_min, MIN_COSINE, f)]
 
 
+def _agreement(report: FidelityReport) -> str:
+    """Worst cosine per output, or the pixel agreement of label maps."""
+    if report.segmentation is not None:
+        return f"pixel agreement {report.segmentation.pixel_agreement:.4f}"
+    return ", ".join(f"{o.name} cosine {o.cosine_min:.5f}" for o in report.outputs)
+
+
 def _floor_note(floor: FidelityReport) -> str:
-    if floor.segmentation is not None:
-        moved = f"pixel agreement {floor.segmentation.pixel_agreement:.4f}"
-    else:
-        moved = ", ".join(f"{o.name} cosine {o.cosine_min:.4f}" for o in floor.outputs)
     return (f"the program is sensitive to rounding (untrained weights?): inputs nudged by {PERTURBATION:g} of their "
-            f"spread move its outputs to {moved}; the check allows {ROUNDING_FACTOR:g}x that")
+            f"spread move its outputs to {_agreement(floor)}; the check allows {ROUNDING_FACTOR:g}x that")
 
 
 def conversion_summary(report: FidelityReport) -> str:
-    """One line: worst cosine per output (or pixel agreement) of a conversion check."""
-    if report.segmentation is not None:
-        value = f"pixel agreement {report.segmentation.pixel_agreement:.4f}"
-    else:
-        value = ", ".join(f"{o.name} cosine >= {o.cosine_min:.5f}" for o in report.outputs)
-    return (f"{report.candidate} vs {report.reference}: {value} on {len(report.images)} sample photos"
-            + "".join(f"; {note}" for note in report.notes))
+    """One line: worst cosine per output (or pixel agreement) of a conversion check, and its notes."""
+    return (f"{report.candidate} vs {report.reference}: {_agreement(report)} on the worst of {len(report.images)} "
+            f"{report.image_kind}" + "".join(f"; {note}" for note in report.notes))
 
 
 def checked_spec(spec: ModelSpec, work: Path) -> ModelSpec:
@@ -170,5 +171,7 @@ def paddle_runner(spec: ModelSpec, int8: bool = False) -> Runner:
 
 def fidelity_to_fp32(fp32: ModelSpec, candidate: Runner, candidate_name: str) -> FidelityReport:
     """INT8 vs the FP32 original (Paddle Inference) on sample photos, through the FP32 pipeline."""
-    return compare(paddle_runner(fp32), candidate, sample_images(fp32), fp32.pipeline_config(),
-                   reference_name="FP32 Paddle Inference", candidate_name=candidate_name)
+    report = compare(paddle_runner(fp32), candidate, sample_images(fp32), fp32.pipeline_config(),
+                     reference_name="FP32 Paddle Inference", candidate_name=candidate_name)
+    report.image_kind = SAMPLE_KIND
+    return report

@@ -91,6 +91,7 @@ class FidelityReport:
     detection: DetectionFidelity | None = None
     segmentation: SegmentationFidelity | None = None
     notes: list[str] = field(default_factory=list)
+    image_kind: str = "held-out images"  # what ``images`` are, for the summary
 
     @property
     def headline(self) -> tuple[str, float]:
@@ -131,7 +132,7 @@ class FidelityReport:
         metric, value = self.headline
         if 1.0 - value > max_drop + 1e-12:
             raise FidelityError(
-                f"{self.candidate}: {metric} with {self.reference} on {len(self.images)} held-out images is "
+                f"{self.candidate}: {metric} with {self.reference} on {len(self.images)} {self.image_kind} is "
                 f"{value:.4f}, a drop of {1 - value:.4f} > --max-drop {max_drop:g}. Try another --algo "
                 "(hist, mse, KL), more calibration images, --skip-tensors for sensitive layers"
                 + (", or --method qat." if self.detection is None else ".")
@@ -143,15 +144,15 @@ class FidelityReport:
             d = self.detection
             text = (f"{metric} {value:.4f} ({d.matched} matched at IoU >= {d.iou_threshold:g}, mean IoU {d.mean_iou:.4f}; "
                     f"{d.reference_detections} reference / {d.candidate_detections} INT8 detections with score >= "
-                    f"{d.score_threshold:g}) on {len(self.images)} held-out images")
+                    f"{d.score_threshold:g}) on {len(self.images)} {self.image_kind}")
             return text + "".join(f"; {note}" for note in self.notes)
         if self.segmentation is not None:
             g = self.segmentation
             return (f"{metric} {value:.4f} (worst image {g.min_image_agreement:.4f}, mean IoU {g.mean_iou:.4f} over "
-                    f"{g.classes} classes; {g.pixels} pixels) on {len(self.images)} held-out images")
+                    f"{g.classes} classes; {g.pixels} pixels) on {len(self.images)} {self.image_kind}")
         first = self.outputs[0]
         return (f"{metric} {value:.4f}, cosine mean {first.cosine_mean:.4f} (min {first.cosine_min:.4f}), "
-                f"max |diff| {first.max_abs_diff:.3g} on {len(self.images)} held-out images")
+                f"max |diff| {first.max_abs_diff:.3g} on {len(self.images)} {self.image_kind}")
 
     def to_dict(self) -> dict:
         metric, value = self.headline
