@@ -127,16 +127,18 @@ def fetch(name: str, sha256: str | None = None, progress: bool = True, timeout: 
 
 
 def _download(url: str, dest: Path, progress: bool, timeout: float) -> str:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+
+    from ..progress import progress_bar
 
     sha = hashlib.sha256()
     received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with Progress(
+            with progress_bar(
                 "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                disable=not progress, transient=True,
+                enabled=progress,
             ) as bar:
                 task = bar.add_task(f"downloading {dest.name}", total=total)
                 while chunk := response.read(1 << 20):

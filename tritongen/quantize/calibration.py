@@ -94,7 +94,7 @@ def load_calibration(
 
     Every ``k``-th image (by sorted path) is held out, so both sets span the folder.
     """
-    from rich.progress import Progress
+    from ..progress import progress_bar
 
     config = spec.pipeline_config()
     preprocess = Preprocessor(config)
@@ -103,7 +103,7 @@ def load_calibration(
         files = files[:max_images]
     paths, feeds, skipped = [], [], []
     shape = None
-    with Progress(transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("preprocessing calibration images", total=len(files))
         for path in files:
             try:

@@ -339,7 +339,9 @@ def _find_output(out_dir: Path, log_path: Path) -> tuple[Path, Path]:
 
 
 def _run_child(job_path: Path, log_path: Path, total: int | None, cwd: Path) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from ..progress import progress_bar
 
     import tritongen
 
@@ -352,7 +354,7 @@ def _run_child(job_path: Path, log_path: Path, total: int | None, cwd: Path) -> 
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "tritongen.quantize.qat", str(job_path)]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with open(log_path, "w", encoding="utf-8") as log, Progress(*columns, transient=True) as bar:
+    with open(log_path, "w", encoding="utf-8") as log, progress_bar(*columns) as bar:
         task = bar.add_task("quant-aware training (ACT)", total=total)
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
