@@ -1,4 +1,4 @@
-"""Real PaddleClas architectures (ResNet50_vd, MobileNetV1) as deploy exports, for benchmarks.
+"""Real PaddleClas architectures (ResNet50_vd, MobileNetV1, PP-LCNet) as deploy exports, for benchmarks.
 
 Architectures come from the ``paddleclas`` wheel (installed with --no-deps by the setup
 script; its package __init__ needs the whole training stack, so only the backbone modules
@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import yaml
 
-ARCHS = {"resnet50_vd": ("resnet", "ResNet50_vd"), "mobilenetv1": ("mobilenet_v1", "MobileNetV1")}
+ARCHS = {"resnet50_vd": ("resnet", "ResNet50_vd"), "mobilenetv1": ("mobilenet_v1", "MobileNetV1"),
+         "pplcnet": ("pp_lcnet", "PPLCNet_x1_0")}
 
 
 def _backbone(module: str, cls: str):
@@ -87,5 +88,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arch", choices=sorted(ARCHS))
     parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(export(args.arch, args.out))
+    print(export(args.arch, args.out, seed=args.seed))

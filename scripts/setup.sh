@@ -45,8 +45,9 @@ rm -f "$STAMP"
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-# System packages: Python 3.11 with venv, and the shared libraries OpenCV loads
-# (paddleslim pulls in the non-headless opencv-python, which links libGL and glib).
+# System packages: Python 3.11 with venv, the shared libraries OpenCV loads (paddleslim pulls in the
+# non-headless opencv-python, which links libGL and glib, before it is replaced below), and libb64, which the
+# C++ perf_analyzer in the tritonclient wheel links (`tritongen bench serving`).
 need_apt=()
 command -v python3.11 >/dev/null || need_apt+=(python3.11 python3.11-venv python3.11-dev)
 python3.11 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3.11-venv)
@@ -54,6 +55,7 @@ ldconfig -p | grep -q 'libGL.so.1' || need_apt+=(libgl1)
 ldconfig -p | grep -q 'libglib-2.0.so.0' || need_apt+=(libglib2.0-0)
 ldconfig -p | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
 command -v ps >/dev/null || need_apt+=(procps)
+ldconfig -p | grep -q 'libb64.so.0d' || need_apt+=(libb64-0d)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
@@ -65,11 +67,28 @@ fi
 # PaddleClas/PaddleDetection/PaddleSeg code is the tests' oracle for pre/post-processing; their wheels pin
 # conflict with ours, so it comes without dependencies (never a runtime dependency).
 .venv/bin/python -m pip install -q --no-deps 'paddleclas==2.6.0' 'paddledet==2.6.0' 'paddleseg==2.8.0'
+# Exactly one OpenCV: paddleslim pins the GUI opencv-python, whose cv2/ shares its files with
+# opencv-python-headless (ours), so whichever installed last wins. Remove it and reinstall the headless files.
+if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -q -y opencv-python
+  headless=$(.venv/bin/python -m pip show opencv-python-headless | sed -n 's/^Version: //p')
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "opencv-python-headless==$headless"
+fi
 .venv/bin/python - <<'PY'
 import zlib  # noqa: F401
+import importlib.metadata as md
 import cv2, paddle, paddle2onnx, paddleslim, onnxruntime, tritonclient.grpc  # noqa: F401
+from tritongen.perf.perf_analyzer import find_perf_analyzer, perf_analyzer_problem
 from tritongen.serve import find_tritonserver
+
+opencv = [d for d in ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
+          if any(True for _ in md.distributions(name=d))]
+assert not opencv, f"more than one OpenCV installed: {opencv} beside opencv-python-headless"
+assert md.version("opencv-python-headless").startswith(cv2.__version__), (cv2.__version__, cv2.__file__)
+analyzer = find_perf_analyzer()
+assert analyzer is not None, perf_analyzer_problem()
 print("tritongen environment ready:", "paddle", paddle.__version__, "| paddle2onnx", paddle2onnx.__version__,
-      "| onnxruntime", onnxruntime.__version__, "| tritonserver", find_tritonserver().binary)
+      "| onnxruntime", onnxruntime.__version__, "| opencv-python-headless", cv2.__version__, cv2.__file__,
+      "| tritonserver", find_tritonserver().binary, "| perf_analyzer", analyzer.binary)
 PY
 digest > "$STAMP"

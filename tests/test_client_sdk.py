@@ -325,7 +325,7 @@ def test_server_errors_carry_the_servers_message_and_are_not_retried(served_repo
 
     cases = [
         (("no_such_model", [photos[0]]), {}, "Request for unknown model: 'no_such_model' is not found"),
-        (("tiny_ort", [b"this is not an image"]), {}, "in ensemble 'tiny_ort', IMAGE: cannot decode image"),
+        (("tiny_ort", [b"this is not an image"]), {}, "IMAGE: cannot decode image"),
         (("tiny_ort", [photos[0], b""]), {"shared_memory": "system"}, "image 1: empty image"),
         (("tiny_ort", [photos[0]]), {"ssl": True}, f"cannot reach Triton at {url}: TLS handshake failed"),
         (("tiny_ort", [photos[0]]), {"timeout": 1e-4}, f"no answer from Triton at {url} within 0.0001s"),

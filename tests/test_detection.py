@@ -259,7 +259,7 @@ def test_plan_models_refuses_nms_graphs_on_platforms_and_python_configs_are_batc
     for backend in ("onnxruntime", "tensorrt"):
         with pytest.raises(EmitError, match="multiclass_nms3.*cut_nms"):
             plan_models(spec, backend, "det", RuntimeArtifact(tmp_path / "model.onnx"))
-    models = plan_models(spec, "python-onnxruntime", "det", RuntimeArtifact(tmp_path / "model.onnx"))
+    models = plan_models(spec, "python-onnxruntime", "det", RuntimeArtifact(tmp_path / "model.onnx"), layout="ensemble")
     runtime = next(m for m in models if m.name == "det_runtime")
     assert [list(o.dims) for o in runtime.config.output] == [[300, 6], [1]]
     settings = json.loads(runtime.files["1/runtime.json"])

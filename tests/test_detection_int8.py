@@ -201,7 +201,7 @@ def test_ptq_keeps_scale_factor_and_postprocessing_float(quantized_raw):
 def int8_det_repo(detectors, det_calib, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("det_int8_repo")
     for name, export, backend in (("qdet_ort", "nms", "python-onnxruntime"), ("qdet_pd", "raw", "python-paddle")):
-        run_cli("build", detectors[export], "--int8", "--calib-dir", det_calib, "--name", name, "--backend", backend,
+        run_cli("build", detectors[export], "--layout", "ensemble", "--int8", "--calib-dir", det_calib, "--name", name, "--backend", backend,
                 "--output", repo, "--algo", "abs_max", *SKIP)  # abs_max: half the time of hist, as faithful here
     return repo
 

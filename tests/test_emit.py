@@ -25,7 +25,7 @@ def repos(clas_export, tmp_path_factory):
     out = {}
     for backend in BACKENDS:
         repo = tmp_path_factory.mktemp(f"repo-{backend}")
-        build(clas_export, repo, backend=backend, name="m", max_batch_size=16)
+        build(clas_export, repo, backend=backend, name="m", max_batch_size=16, layout="ensemble")
         out[backend] = repo
     return out
 
@@ -90,12 +90,12 @@ def test_no_labels_means_no_labels_output(clas_export, tmp_path):
 
 def test_existing_models_need_force_and_failures_leave_no_trace(clas_export, tmp_path):
     repo = tmp_path / "repo"
-    build(clas_export, repo, backend="python-paddle", name="m")
+    build(clas_export, repo, backend="python-paddle", name="m", layout="ensemble")
     before = (repo / "m_runtime/config.pbtxt").read_text()
     with pytest.raises(EmitError, match="--force"):
-        build(clas_export, repo, backend="python-paddle", name="m", max_batch_size=4)
+        build(clas_export, repo, backend="python-paddle", name="m", max_batch_size=4, layout="ensemble")
     assert (repo / "m_runtime/config.pbtxt").read_text() == before
-    build(clas_export, repo, backend="python-paddle", name="m", max_batch_size=4, force=True)
+    build(clas_export, repo, backend="python-paddle", name="m", max_batch_size=4, force=True, layout="ensemble")
     assert read_config(repo / "m_runtime/config.pbtxt").max_batch_size == 4
     assert not list(repo.glob(".tritongen-staging-*"))
     # A failing build (unknown backend) writes nothing at all.
@@ -115,8 +115,8 @@ def test_plan_validates_configs_before_writing(clas_export, tmp_path):
     spec = load_model(clas_export)
     spec.outputs[0] = type(spec.outputs[0])(spec.outputs[0].name, "complex64", spec.outputs[0].shape)
     with pytest.raises(EmitError, match="complex64"):
-        plan_models(spec, "python-paddle", "m", None)
-    models = plan_models(load_model(clas_export), "python-paddle", "m", None)
+        plan_models(spec, "python-paddle", "m", None, layout="ensemble")
+    models = plan_models(load_model(clas_export), "python-paddle", "m", None, layout="ensemble")
     assert all(m.config is not None for m in models)
     write_repository(models, tmp_path / "r")
     assert (tmp_path / "r/m_preprocess/1/tritongen_processing/ops.py").is_file()

@@ -19,7 +19,7 @@ from .test_quantize import calib_dir  # noqa: F401  (session fixture)
 def int8_repo(clas_export, calib_dir, tmp_path_factory):  # noqa: F811
     repo = tmp_path_factory.mktemp("int8repo")
     for name, backend in (("q_ort", "python-onnxruntime"), ("q_pd", "python-paddle"), ("q_plat", "onnxruntime")):
-        run_cli("build", clas_export, "--int8", "--calib-dir", calib_dir, "--name", name, "--backend", backend,
+        run_cli("build", clas_export, "--int8", "--calib-dir", calib_dir, "--name", name, "--backend", backend, "--layout", "ensemble",
                 "--output", repo / ("served" if backend != "onnxruntime" else "container"))
     return repo
 

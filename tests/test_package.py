@@ -31,5 +31,5 @@ def test_installed_wheel_builds_a_repository_outside_the_checkout(clas_export, t
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     repo = elsewhere / "repo"
-    assert (repo / "wheel_built/config.pbtxt").is_file() and (repo / "wheel_built_runtime/1/model.py").is_file()
-    assert (repo / "wheel_built_preprocess/1/tritongen_processing/pipeline.py").is_file()
+    assert (repo / "wheel_built/config.pbtxt").is_file() and (repo / "wheel_built/1/model.py").is_file()  # fused layout
+    assert (repo / "wheel_built/1/tritongen_processing/pipeline.py").is_file()

@@ -37,7 +37,7 @@ def perf_server(tmp_path_factory, clas_export):
     repo = tmp_path_factory.mktemp("perf_repo")
     write_identity_model(repo, "identity")
     write_identity_model(repo, "slow", delay_ms=3000)
-    run_cli("build", clas_export, "--name", "tiny_perf", "--backend", "python-onnxruntime", "--output", repo)
+    run_cli("build", clas_export, "--name", "tiny_perf", "--backend", "python-onnxruntime", "--layout", "ensemble", "--output", repo)
     served = start_serve_cli(repo, tmp_path_factory.mktemp("perf_logs"))
     yield served
     stop_serve_cli(served)

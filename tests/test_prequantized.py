@@ -59,7 +59,7 @@ def repos(quantized, tmp_path_factory) -> dict[str, Path]:
         for backend in BACKENDS:
             repo = root / ("served" if backend.startswith("python") else "container")
             name = f"{kind}_{backend.replace('-', '_')}"
-            results[name] = build(export, repo, backend=backend, name=name)
+            results[name] = build(export, repo, backend=backend, name=name, layout="ensemble")
     return {"served": root / "served", "container": root / "container", "results": results}
 
 

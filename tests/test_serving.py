@@ -195,7 +195,7 @@ def test_signal_stops_server_and_its_stubs(clas_export, tmp_path, sig):
     import signal
 
     repo = tmp_path / "repo"
-    run_cli("build", clas_export, "--name", "stopme", "--backend", "python-onnxruntime", "--output", repo)
+    run_cli("build", clas_export, "--name", "stopme", "--backend", "python-onnxruntime", "--layout", "ensemble", "--output", repo)
     served = start_serve_cli(repo, tmp_path)
     try:
         assert pid_children_alive(str(repo / "stopme_runtime"))  # its stub runs
@@ -211,7 +211,7 @@ def test_signal_stops_server_and_its_stubs(clas_export, tmp_path, sig):
 
 def test_serve_names_the_model_that_fails_to_load(clas_export, tmp_path):
     repo = tmp_path / "repo"
-    run_cli("build", clas_export, "--name", "broken", "--backend", "python-onnxruntime", "--output", repo)
+    run_cli("build", clas_export, "--name", "broken", "--backend", "python-onnxruntime", "--layout", "ensemble", "--output", repo)
     (repo / "broken_runtime/1/model.onnx").write_bytes(b"not an onnx model")
     start = time.monotonic()
     proc = run_cli("serve", repo, "--grpc-port", free_port(), "--http-port", free_port(), "--metrics-port", free_port(),

@@ -16,6 +16,7 @@ from .convert.onnx import DEFAULT_OPSET
 from .convert.runtime import convert_for_runtime
 from .emit import Repository, check_name, get_backend, plan_models, write_repository
 from .emit.backends import RuntimeOptions
+from .emit.repository import InstanceCounts, Layout, check_layout
 from .errors import TritongenError
 from .intake import ModelSpec, load_model, zoo
 from .intake.spec import QuantFormat
@@ -43,8 +44,8 @@ def build(
     force: bool = False,
     opset: int = DEFAULT_OPSET,
     max_batch_size: int = 8,
-    instances: int = 1,
-    threads: int = 1,
+    instances: InstanceCounts | int | str | None = None,
+    threads: int | None = None,
     labels: str | Path | None = None,
     min_image_side: int | None = None,
     sha256: str | None = None,
@@ -55,18 +56,28 @@ def build(
     trt_accelerator: str | None = None,
     score_threshold: float | None = None,
     max_detections: int | None = None,
+    layout: Layout | str | None = None,
 ) -> BuildResult:
     """Build a Triton repository for ``source`` (export directory or zoo name) into ``output``.
 
     ``int8`` quantizes the FP32 model; ``published_int8`` takes the INT8 model the zoo publishes
     for a zoo name (an export directory must already be quantized). A model that arrives
     quantized builds for every backend (:func:`convert.int8.adopt_int8`). ``backend`` None:
-    tensorrt with ``fp16`` (the only backend where FP16 applies), else python-onnxruntime."""
+    tensorrt with ``fp16`` (the only backend where FP16 applies), else python-onnxruntime.
+
+    ``layout``: ``ensemble`` or ``fused`` (:class:`emit.repository.Layout`; None: its
+    ``DEFAULT_LAYOUT``). ``instances``: per-step model instances (:class:`InstanceCounts`: a
+    number for every step, ``"preprocess=2,runtime=1"``, or None for this machine's defaults);
+    ``threads``: CPU threads per network instance (None: derived from the instances)."""
     if backend is None:
         backend = FP16_BACKEND if fp16 else DEFAULT_BACKEND
         if fp16:
             step(f"--fp16: building for the {FP16_BACKEND} backend, the one where FP16 applies (--backend chooses another)")
     runtime_backend = get_backend(backend)
+    layout = check_layout(layout, backend)
+    instances = InstanceCounts.parse(instances, layout)
+    if threads is None:
+        threads = instances.default_threads()
     output = Path(output)
     if fp16 and not runtime_backend.accepts_fp16:
         raise TritongenError(f"--fp16 applies to the {FP16_BACKEND} backend, not {backend}")
@@ -132,9 +143,10 @@ def build(
             runtime_spec, runtime_onnx, runtime_backend.onnx_passes(options), max_batch_size=max_batch_size,
             tensorrt_plan=runtime_backend.builds_tensorrt_plan, fp16=fp16, int8=runs_int8,
         )
-        step(f"writing {backend} repository {spec.name!r} into {output}")
+        step(f"writing {backend} repository {spec.name!r} ({layout.value} layout) into {output}")
         models = plan_models(runtime_spec, backend, spec.name, runtime, max_batch_size=max_batch_size,
-                             instances=instances, min_image_side=min_image_side, build_info=build_info, options=options)
+                             instances=instances, min_image_side=min_image_side, build_info=build_info, options=options,
+                             layout=layout)
         write_repository(models, output, force=force)
     notes += [note for model in models for note in model.notes]
     for note in notes:
@@ -143,7 +155,7 @@ def build(
                          for m in models if m.next_command), None)
     repository = Repository(
         path=output, ensemble=spec.name, models=[m.name for m in models], backend=backend,
-        served_locally=runtime_backend.served_locally,
+        served_locally=runtime_backend.served_locally, layout=layout,
     )
     return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=artifact, notes=notes,
                        next_command=next_command)

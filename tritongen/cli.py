@@ -66,8 +66,13 @@ def build(
                                           "onnxruntime | tensorrt (default with --fp16)"),
     force: bool = typer.Option(False, "--force", help="Replace models of the same name already in OUTPUT."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="max_batch_size of every model."),
-    instances: int = typer.Option(1, "--instances", min=1, help="Instances of the preprocess and runtime models."),
-    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads per runtime instance."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="ensemble: NAME = NAME_preprocess -> NAME_runtime -> "
+                                         "NAME_postprocess | fused: one Python model NAME (python-* backends); same "
+                                         "inputs and outputs. Omitted: tritongen's default layout."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Model instances: N for every step, or STEP=N,... "
+                                            "(preprocess, runtime, postprocess; fused). Default: from this machine's cores."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per network instance "
+                                          "(default: from the cores and instances)."),
     opset: int = typer.Option(13, "--opset", min=7, help="ONNX opset (raised automatically where an op needs more)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label file '<id> <name>' per line (overrides the yaml's)."),
     min_image_side: Optional[int] = typer.Option(None, "--min-image-side", min=1, help="Reject smaller images (default 8)."),
@@ -91,7 +96,7 @@ def build(
     train_iters: TrainIters = None,
     max_drop: MaxDrop = None,
 ) -> None:
-    """Build a Triton model repository: ensemble NAME = preprocess -> runtime -> postprocess."""
+    """Build a Triton model repository: ensemble NAME = preprocess -> runtime -> postprocess, or one fused model NAME."""
     from .build import build as run_build
 
     quantize = int8 and calib_dir is not None
@@ -102,12 +107,13 @@ def build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
             instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
             int8=config, published_int8=int8 and not quantize, fp16=fp16, trt_accelerator=trt_accelerator,
-            score_threshold=score_threshold, max_detections=max_detections, step=_step_printer(status),
+            score_threshold=score_threshold, max_detections=max_detections, step=_step_printer(status), layout=layout,
         )
     repo = result.repository
     for note in (result.int8.notes if result.int8 else []) + result.spec.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    out.print(f"[green]built[/] {repo.ensemble} ({repo.backend}) in {repo.path}: {', '.join(repo.models)}")
+    out.print(f"[green]built[/] {repo.ensemble} ({repo.backend}, {repo.layout.value} layout) in {repo.path}: "
+              f"{', '.join(repo.models)}")
     if result.onnx:
         worst = max(result.onnx.validation.values(), default=0.0)
         out.print(f"ONNX opset {result.onnx.opset}; max |ONNX - Paddle| on random inputs: {worst:.2e}")
@@ -241,6 +247,55 @@ def bench_tables(
         out.print(f"wrote {path}", highlight=False)
 
 
+@bench_app.command("serving")
+def bench_serving(
+    source: str = typer.Argument(..., help="Export directory or zoo name (built first), or a model repository."),
+    name: List[str] = typer.Option([], "--name", "-n", help="Ensemble name of the build; with a repository, the "
+                                   "model(s) to measure (repeatable; default: every image model)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Directory of encoded images (default: generated photos)."),
+    runs: int = typer.Option(30, "--runs", min=3, help="In-process / served runs at concurrency 1 (interleaved)."),
+    warmup: int = typer.Option(3, "--warmup", min=0),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Load levels: 1,2,4 or start:end:step "
+                                              "(default: 1, 2, 4, ... up to 2 x cores)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="Build for python-onnxruntime (default) or "
+                                          "python-paddle."),
+    layout: List[str] = typer.Option([], "--layout", help="Build with this layout; repeat to compare layouts "
+                                     "(models NAME_<layout>, one line each in the plot)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Build into this repository and keep it "
+                                          "(default: a temporary one)."),
+    force: bool = typer.Option(False, "--force", help="Replace models of the same name in --output."),
+    measurement_interval: int = typer.Option(2000, "--measurement-interval", "-p", min=100, help="Load window, ms."),
+    stability_percentage: float = typer.Option(20.0, "--stability-percentage", "-s", min=1.0,
+                                               help="Last 3 load windows agree within this %."),
+    max_trials: int = typer.Option(10, "--max-trials", "-r", min=3, help="Load windows per level at most."),
+    perf_analyzer: bool = typer.Option(True, "--perf-analyzer/--no-perf-analyzer",
+                                       help="Also load with NVIDIA's perf_analyzer when it is installed."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write every number as CSV rows."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG: latency and throughput vs concurrency."),
+) -> None:
+    """In-process vs served on the same images, Triton's per-step times, throughput vs concurrency."""
+    from .bench.serving import bench_serving as run_bench
+    from .perf import parse_range
+
+    levels = None
+    if concurrency:
+        try:
+            levels = (parse_range(concurrency, int) if ":" in concurrency
+                      else [int(c) for c in concurrency.split(",") if c.strip()])
+        except ValueError:
+            raise TritongenError(f"--concurrency {concurrency!r}: expected 1,2,4 or start:end:step") from None
+    with console.status("benchmarking") as status:
+        report = run_bench(source, name, images=images, runs=runs, warmup=warmup, concurrency=levels, backend=backend,
+                           layouts=layout, output=output, force=force, measurement_interval_ms=measurement_interval,
+                           stability_percentage=stability_percentage, max_trials=max_trials,
+                           use_perf_analyzer=perf_analyzer, csv_path=csv_path, plot_path=plot,
+                           step=_step_printer(status))
+    for line in report.lines():
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    for path in report.files:
+        out.print(f"wrote {path}", highlight=False)
+
+
 @app.command()
 def serve(
     repository: Path = typer.Argument(Path("model_repository"), help="Model repository to serve."),
@@ -250,14 +305,18 @@ def serve(
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default: a temp file)."),
     verbose: int = typer.Option(0, "--log-verbose", help="tritonserver --log-verbose level."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the server to become ready."),
+    model_control: str = typer.Option("none", "--model-control",
+                                      help="none (default: load once) | poll (pick up changes on disk) | explicit "
+                                           "(load/unload through the API, e.g. for `tritongen tune`)."),
 ) -> None:
     """Run the real tritonserver on 127.0.0.1 until Ctrl-C / SIGTERM."""
     from .serve import TritonServer
 
     stop = threading.Event()
+    server = TritonServer(repository, grpc_port, http_port, metrics_port, log_file=log_file, verbose=verbose,
+                          model_control=model_control)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(repository, grpc_port, http_port, metrics_port, log_file=log_file, verbose=verbose)
     with console.status(f"starting tritonserver on {repository}"):
         server.start(timeout=timeout)
     try:
@@ -267,6 +326,8 @@ def serve(
         out.print(f"  HTTP     http://{server.http_url}")
         out.print(f"  metrics  {server.metrics_url}")
         out.print(f"  log      {server.log_file}")
+        if model_control != "none":
+            out.print(f"  model control  {model_control}", highlight=False)
         out.print("Ctrl-C to stop.", highlight=False)
         sys.stdout.flush()
         while not stop.wait(0.5):
@@ -406,6 +467,69 @@ def perf(
         console.print(f"wrote {profile_export_file}", highlight=False)
     if not run.stable:
         raise typer.Exit(2)  # perf_analyzer's exit code when a measurement does not stabilise
+
+
+@app.command()
+def tune(
+    model: str = typer.Argument(..., help="Ensemble (or model) to tune."),
+    url: str = typer.Option("127.0.0.1:8001", "--url", "-u",
+                            help="gRPC endpoint of a Triton in explicit model-control mode (`serve --model-control explicit`)."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", metavar="MS",
+                                                   help="Choose the highest throughput whose p99 stays within MS."),
+    min_throughput: Optional[float] = typer.Option(None, "--min-throughput", metavar="N",
+                                                   help="Choose the lowest p99 at N infer/s or more."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for encoded-image (BYTES) inputs."),
+    max_trials: int = typer.Option(8, "--max-trials", help="Configurations to measure, the served one included."),
+    measurement_interval: int = typer.Option(2000, "--measurement-interval", "-p", help="perf window length, ms."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency",
+                                              help="Outstanding requests while measuring (default: 2 x CPU cores)."),
+    write: Optional[Path] = typer.Option(None, "--write", metavar="REPO",
+                                         help="Write the chosen config into REPO's config.pbtxt files (atomically)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Throughput-vs-p99 chart (default: tune_NAME.png)."),
+    input_data: str = typer.Option("random", "--input-data", help="random | zero | FILE.json, for non-image inputs."),
+    shape: List[str] = typer.Option([], "--shape", help="NAME:d1,d2,... for inputs with variable dims (repeatable)."),
+) -> None:
+    """Find the best instances / batching of each composing model by loading and measuring configs."""
+    from .perf import parse_shapes
+    from .tune import TuneError, TuneSettings, plot_trials, trials_table, write_configs
+    from .tune import tune as run_tune
+
+    settings = TuneSettings(latency_budget_ms=latency_budget, min_throughput=min_throughput, concurrency=concurrency,
+                            max_trials=max_trials, measurement_interval_ms=measurement_interval)
+    settings.validate()
+    if write is not None and not write.is_dir():
+        raise TuneError(f"--write {write}: no such model repository")
+    with console.status(f"connecting to {url}") as status:
+        def on_event(event: dict) -> None:
+            if event["event"] == "trial":
+                t = event["trial"]
+                result = t.error or f"{t.throughput:.1f} infer/s, p99 {t.p99_ms:.2f} ms"
+                console.print(f"#{t.index} {t.change}: {result}", highlight=False, markup=False, soft_wrap=True)
+            else:
+                step = f"#{event['index']}/{event['max_trials']} " if event["index"] else ""
+                status.update(f"{step}{event['event']}: {event['change']}")
+
+        result = run_tune(model, url, settings, images=images, input_data=input_data, shapes=parse_shapes(shape),
+                          on_event=on_event)
+    _print_table(trials_table(result))
+    plot_path = plot_trials(result, plot or Path(f"tune_{model}.png"))
+    out.print(f"wrote {plot_path}", highlight=False, markup=False)
+    if result.chosen is None:
+        raise TuneError(f"no configuration met the objective ({result.objective.describe()}); "
+                        f"{model} serves its original configuration again")
+    chosen = result.chosen
+    out.print(f"chosen #{chosen.index}: {chosen.throughput:.1f} infer/s, p50 {chosen.p50_ms:.2f} ms, "
+              f"p99 {chosen.p99_ms:.2f} ms — {url} now serves it", highlight=False, markup=False, soft_wrap=True)
+    for name, (before, after) in result.changes().items():
+        out.print(f"  {name}: {before.short()} -> {after.short()}", highlight=False, markup=False)
+    if not result.changes():
+        out.print("  (the served configuration is the best one tried)", highlight=False)
+    if write is not None:
+        written = write_configs(write, result)
+        for item in written:
+            out.print(f"wrote {item.path} ({'; '.join(item.changes)})", highlight=False, markup=False)
+        if not written:
+            out.print(f"{write}: nothing to change", highlight=False, markup=False)
 
 
 @app.command()

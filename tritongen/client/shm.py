@@ -43,7 +43,9 @@ class Region:
 
         self.name, self.size = name, int(size)
         try:
-            self.handle = shm.create_shared_memory_region(name, self.key, self.size, create_only=True)
+            # Names carry a random part (see callers), so a region is never one another client made.
+            # (tritonclient 2.51, the server's version, has no create_only flag.)
+            self.handle = shm.create_shared_memory_region(name, self.key, self.size)
         except shm.SharedMemoryException as exc:
             reason = exc.__cause__ or exc
             raise ClientError(f"cannot create shared memory region {self.key} ({self.size} bytes): {reason}") from None

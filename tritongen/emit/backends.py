@@ -73,6 +73,9 @@ class Backend(ABC):
     # Whether the runtime model can run a graph ending in multiclass_nms3 (the Python models
     # make its outputs batch-major); other backends get the graph with the op cut off.
     runs_nms_graphs: ClassVar[bool] = False
+    # Whether the network runs in a Python model (tritongen_network.py), so the fused layout
+    # (one Python model: decode, preprocess, network, postprocess) can serve it.
+    runs_fused: ClassVar[bool] = False
 
     # Whether the convert stage builds a TensorRT plan for this backend (convert.runtime).
     builds_tensorrt_plan: ClassVar[bool] = False
@@ -89,6 +92,13 @@ class Backend(ABC):
 
 def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
     return json.dumps({"runtime": runtime, "files": files, **settings}, indent=2) + "\n"
+
+
+def _python_network(runtime_json: str, **files: Path) -> dict[str, Path | str]:
+    """Version-directory files of a network run by Python (templates/python/network.py reads
+    runtime.json): the runtime model's model.py, which the fused layout replaces with its own."""
+    return {"model.py": template_path("python/runtime.py"), "tritongen_network.py": template_path("python/network.py"),
+            **files, "runtime.json": runtime_json}
 
 
 def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:
@@ -184,18 +194,18 @@ class PythonOnnxRuntime(Backend):
     int8_target = "onnxruntime"
     served_locally = True
     runs_nms_graphs = True
+    runs_fused = True
     description = "Python backend running ONNX Runtime (CPU)"
 
     def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
         assert artifact.onnx is not None
         return RuntimeFiles(
             backend="python",
-            files={
-                "model.py": template_path("python/runtime.py"),
-                "model.onnx": artifact.onnx,
-                "runtime.json": _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads,
-                                              **_nms_outputs(spec, one_image_per_run=True)),
-            },
+            files=_python_network(
+                _runtime_json("onnxruntime", ["model.onnx"], threads=options.threads,
+                              **_nms_outputs(spec, one_image_per_run=True)),
+                **{"model.onnx": artifact.onnx},
+            ),
         )
 
 
@@ -206,6 +216,7 @@ class PythonPaddle(Backend):
     int8_target = "paddle-onednn"
     served_locally = True
     runs_nms_graphs = True
+    runs_fused = True
     description = "Python backend running Paddle Inference (CPU)"
 
     def runtime(self, spec: ModelSpec, artifact: RuntimeArtifact, options: RuntimeOptions) -> RuntimeFiles:
@@ -213,15 +224,11 @@ class PythonPaddle(Backend):
         mkldnn = options.int8 or spec.runtime_options.enable_mkldnn
         return RuntimeFiles(
             backend="python",
-            files={
-                "model.py": template_path("python/runtime.py"),
-                "inference.pdmodel": spec.model_file,
-                "inference.pdiparams": spec.params_file,
-                "runtime.json": _runtime_json(
-                    "paddle", ["inference.pdmodel", "inference.pdiparams"], threads=options.threads, enable_mkldnn=mkldnn,
-                    int8=options.int8, **_nms_outputs(spec, one_image_per_run=False),
-                ),
-            },
+            files=_python_network(
+                _runtime_json("paddle", ["inference.pdmodel", "inference.pdiparams"], threads=options.threads,
+                              enable_mkldnn=mkldnn, int8=options.int8, **_nms_outputs(spec, one_image_per_run=False)),
+                **{"inference.pdmodel": spec.model_file, "inference.pdiparams": spec.params_file},
+            ),
         )
 
 

@@ -26,6 +26,7 @@ from ..errors import EmitError, ServeError
 from ..emit.pbtxt import parse_config
 
 LOCAL_BACKENDS = {"python"}  # what this CPU-only server build can host (plus ensembles)
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")  # tritonserver --model-control-mode
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,12 @@ def _port_in_use(port: int) -> bool:
 
 @dataclass
 class TritonServer:
-    """A tritonserver child process bound to 127.0.0.1; use as a context manager."""
+    """A tritonserver child process bound to 127.0.0.1; use as a context manager.
+
+    ``model_control``: ``"none"`` (default; Triton's own default: the repository is loaded once),
+    ``"poll"`` (changes on disk are picked up every ``repository_poll_secs``) or ``"explicit"``
+    (every model loaded at start, then models load/unload only through the model-control API,
+    with a config override if given: what ``tritongen tune`` needs)."""
 
     repository: Path
     grpc_port: int = 8001
@@ -132,7 +138,23 @@ class TritonServer:
     log_file: Path | None = None
     verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+    model_control: str = "none"
+    repository_poll_secs: int = 5
     process: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ServeError(f"model control mode {self.model_control!r}: choose {', '.join(MODEL_CONTROL_MODES)}")
+        if self.model_control == "poll" and self.repository_poll_secs < 1:
+            raise ServeError("repository poll interval must be at least 1 s")
+
+    def model_control_args(self) -> list[str]:
+        """tritonserver flags for ``model_control`` (none: no flag, Triton's default)."""
+        if self.model_control == "explicit":
+            return ["--model-control-mode=explicit", "--load-model=*"]
+        if self.model_control == "poll":
+            return ["--model-control-mode=poll", f"--repository-poll-secs={self.repository_poll_secs}"]
+        return []
 
     @property
     def grpc_url(self) -> str:
@@ -167,6 +189,7 @@ class TritonServer:
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=15",
             f"--log-verbose={self.verbose}",
+            *self.model_control_args(),
             *self.extra_args,
         ]
         if self.log_file is None:

@@ -33,5 +33,12 @@ class TritonPythonModel:
                 tensors = [pb_utils.Tensor(name, batch[name]) for name in self.output_names]
                 responses.append(pb_utils.InferenceResponse(tensors))
             except PreprocessError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.input_name}: {exc}")))
+                responses.append(pb_utils.InferenceResponse(error=invalid_argument(f"{self.input_name}: {exc}")))
         return responses
+
+
+def invalid_argument(message):
+    """A TritonError with status INVALID_ARGUMENT (the client sent a bad image), where the
+    Python backend knows status codes."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
