@@ -135,7 +135,9 @@ class ToRGB(Op):
     name = "ToRGB"
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        return img[:, :, ::-1]
+        # A contiguous copy, as the predictor's cv2.cvtColor makes: a reversed-stride view would
+        # send every later cv2 op down its slow non-contiguous path (resize 1.39 vs 0.25 ms measured).
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 @register("paddleclas")
