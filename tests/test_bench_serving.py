@@ -39,7 +39,7 @@ def served(tmp_path_factory, clas_export):
 
     repo = tmp_path_factory.mktemp("pa_repo")
     write_identity_model(repo, "identity")
-    build(clas_export, repo, name="pa_demo", backend="python-onnxruntime")
+    build(clas_export, repo, name="pa_demo", backend="python-onnxruntime", layout="ensemble")  # composing steps
     with TritonServer(repo, free_port(), free_port(), free_port()) as server:
         yield server
 
@@ -113,7 +113,7 @@ def test_perf_analyzer_loads_identity_and_demo_classifier(served, photos_dir):
 
 def test_bench_serving_on_the_demo_classifier(clas_export, photos_dir, tmp_path):
     csv_path, png = tmp_path / "serving.csv", tmp_path / "serving.png"
-    proc = run_cli("bench", "serving", clas_export, "--name", "bench_demo", "--images", photos_dir, "--runs", "6",
+    proc = run_cli("bench", "serving", clas_export, "--name", "bench_demo", "--layout", "ensemble", "--images", photos_dir, "--runs", "6",
                    "--concurrency", "1,2", "-p", "400", "-s", "60", "-r", "6", "--csv", csv_path, "--plot", png,
                    timeout=300)
     text = proc.stdout

@@ -169,20 +169,9 @@ class _NmsGraphRunner:
         self.runner, self.nms = runner, nms
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..processing.detection import nms_batch_major
+        from ..processing.detection import run_nms_graph
 
-        rows_name, counts_name = self.nms["rows"], self.nms["counts"]
-        n = len(next(iter(batch.values())))
-        chunks = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(n)] if self.nms["one_image_per_run"] else [batch]
-        rows, counts = [], []
-        for chunk in chunks:
-            out = self.runner.run(chunk)
-            r = np.asarray(out[rows_name]).reshape(-1, out[rows_name].shape[-1])
-            c = np.asarray(out[counts_name]).reshape(-1)
-            rows.append(r if r.shape[-1] == 6 else np.zeros((0, 6), np.float32))
-            counts.append(c if r.shape[-1] == 6 else np.zeros_like(c))
-        boxes, nums = nms_batch_major(np.concatenate(rows), np.concatenate(counts), int(self.nms["keep_top_k"]))
-        return {rows_name: boxes, counts_name: nums}
+        return run_nms_graph(self.runner, batch, self.nms)
 
 
 class RepositoryPredictor(LocalPredictor):

@@ -141,6 +141,26 @@ def outputs(config: "PipelineConfig") -> list[tuple[str, str, list[int]]]:
     return result
 
 
+def run_nms_graph(runner, batch: dict[str, np.ndarray], nms: dict) -> dict[str, np.ndarray]:
+    """Run a graph that ends in multiclass_nms3 with ``runner`` (one image per run when
+    ``nms["one_image_per_run"]``: paddle2onnx's NMS takes batch 1) and return its rows batch-major,
+    [N, keep_top_k, 6], and counts [N, 1]. ``nms`` is runtime.json's ``nms_outputs``: the rows and
+    counts output names, keep_top_k, one_image_per_run. Shared by the served network and the
+    in-process benchmark so both see the same tensors."""
+    rows_name, counts_name = nms["rows"], nms["counts"]
+    n = len(next(iter(batch.values())))
+    chunks = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(n)] if nms["one_image_per_run"] else [batch]
+    rows, counts = [], []
+    for chunk in chunks:
+        out = runner.run(chunk)
+        r = np.asarray(out[rows_name]).reshape(-1, out[rows_name].shape[-1])
+        c = np.asarray(out[counts_name]).reshape(-1)
+        rows.append(r if r.shape[-1] == 6 else np.zeros((0, 6), np.float32))  # no detection: an empty [0, 6]
+        counts.append(c if r.shape[-1] == 6 else np.zeros_like(c))
+    boxes, nums = nms_batch_major(np.concatenate(rows), np.concatenate(counts), int(nms["keep_top_k"]))
+    return {rows_name: boxes, counts_name: nums}
+
+
 def nms_batch_major(rows: np.ndarray, counts: np.ndarray, keep_top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """``multiclass_nms3`` outputs (rows [M, 6] of all images, counts [N]) -> rows [N, K, 6]
     zero-padded and counts [N, 1] int32. K = keep_top_k, or the largest count when <= 0."""
