@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import PerfError, TritongenError
-from ..measure import CpuInfo, Latency, cpu_info
+from ..measure import CpuInfo, Latency, cpu_info, usable_cores
 from ..predict import LocalPredictor
 
 DEFAULT_IMAGE_COUNT = 8
@@ -54,19 +53,12 @@ CSV_COLUMNS = (
 
 def default_concurrency(cores: int | None = None) -> list[int]:
     """1, 2, 4, ... up to 2 × cores (2 × cores included)."""
-    cores = cores or _cores()
+    cores = cores or usable_cores()
     levels, c = [], 1
     while c < 2 * cores:
         levels.append(c)
         c *= 2
     return levels + [2 * cores]
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ the repository's models
@@ -588,7 +580,7 @@ def bench_serving(
             for model in models:
                 benches.append(_bench_model(model, server.grpc_url, encoded, images_dir, levels, runs, warmup,
                                             settings_kw, analyzer is not None, step))
-        report = ServingReport(repository=repository, cpu=cpu_info(), cores=_cores(), images=images_from,
+        report = ServingReport(repository=repository, cpu=cpu_info(), cores=usable_cores(), images=images_from,
                                image_count=len(encoded), runs=runs, concurrency=levels, models=benches,
                                perf_analyzer=f"perf_analyzer {analyzer.version} ({analyzer.binary})" if analyzer else None,
                                perf_analyzer_note=analyzer_note)

@@ -11,7 +11,6 @@ repository as it was.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import uuid
@@ -27,6 +26,7 @@ from .. import __version__
 from ..convert.runtime import RuntimeArtifact
 from ..errors import EmitError
 from ..intake.spec import ModelSpec
+from ..measure import usable_cores
 from ..processing.pipeline import PIPELINE_FILE, PipelineConfig
 from ..registry import Registry
 from .backends import Backend, RuntimeFiles, RuntimeOptions, get_backend
@@ -78,14 +78,6 @@ class Repository:
     backend: str
     served_locally: bool
     layout: Layout = DEFAULT_LAYOUT
-
-
-def _cores() -> int:
-    """CPU cores this process may use (the affinity mask where the OS has one, else os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------------- layouts
@@ -174,7 +166,7 @@ class InstanceCounts:
     @classmethod
     def default(cls, layout: Layout | str | None = None, cores: int | None = None) -> "InstanceCounts":
         planner = get_layout(layout)
-        return cls(planner.layout, planner.default_instances(cores or _cores()))
+        return cls(planner.layout, planner.default_instances(cores or usable_cores()))
 
     @classmethod
     def parse(cls, value: "InstanceCounts | int | str | None", layout: Layout | str | None = None,
@@ -187,7 +179,7 @@ class InstanceCounts:
                 raise EmitError(f"--instances: counts for the {value.layout.value} layout given to the "
                                 f"{planner.layout.value} layout")
             return value
-        counts = planner.default_instances(cores or _cores())
+        counts = planner.default_instances(cores or usable_cores())
         if value is None or (isinstance(value, str) and not value.strip()):
             return cls(planner.layout, counts)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -213,7 +205,7 @@ class InstanceCounts:
 
     def default_threads(self, cores: int | None = None) -> int:
         """Threads per network instance when ``--threads`` is not given."""
-        return get_layout(self.layout).default_threads(self.counts, cores or _cores())
+        return get_layout(self.layout).default_threads(self.counts, cores or usable_cores())
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.counts)

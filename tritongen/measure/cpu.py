@@ -1,8 +1,17 @@
 """What this CPU can do for INT8: the instruction sets that decide whether INT8 beats FP32."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use (the affinity mask where the OS has one, else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ the lowest p99 at the minimum throughput. It is loaded last, so the server ends 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import PerfError
+from ..measure import usable_cores
 from .candidate import Candidate, TuneError, short_name
 from .control import ModelControl, TuneTarget
 
@@ -33,7 +33,7 @@ MAX_BATCH_SIZE_LIMIT = 64
 
 
 def default_concurrency() -> int:
-    return 2 * (os.cpu_count() or 1)
+    return 2 * usable_cores()
 
 
 @dataclass
