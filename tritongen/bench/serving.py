@@ -25,7 +25,6 @@ import csv
 import inspect
 import json
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import PerfError, TritongenError
-from ..measure import CpuInfo, Latency, cpu_info, usable_cores
+from ..measure import CpuInfo, Latency, cpu_info, interleaved_latency, usable_cores
 from ..predict import LocalPredictor
 
 DEFAULT_IMAGE_COUNT = 8
@@ -397,29 +396,6 @@ def _level_cell(lv: LoadLevel | None) -> str:
 
 
 # ------------------------------------------------------------------------------ measuring
-
-
-def interleaved_latency(a: Callable[[int], object], b: Callable[[int], object], runs: int,
-                        warmup: int) -> tuple[Latency, Latency]:
-    """Latency of ``a(i)`` and ``b(i)`` (i = run index: both get the same input) timed alternately
-    (A, B, B, A, ...), like :func:`tritongen.measure.interleaved`, keeping every time for the p90."""
-    for i in range(warmup):
-        a(i)
-        b(i)
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(runs):
-        pairs = [(a, ta), (b, tb)] if i % 2 == 0 else [(b, tb), (a, ta)]
-        for fn, times in pairs:
-            t0 = time.perf_counter()
-            fn(i)
-            times.append((time.perf_counter() - t0) * 1000)
-    return _latency(ta), _latency(tb)
-
-
-def _latency(times_ms: list[float]) -> Latency:
-    arr = np.array(times_ms)
-    return Latency(len(arr), float(np.median(arr)), float(arr.mean()), float(np.percentile(arr, 90)), float(arr.min()))
 
 
 def _step_times(before: dict, after: dict, models: Sequence[str]) -> list[StepTime]:
