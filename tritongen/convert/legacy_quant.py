@@ -90,10 +90,7 @@ def legacy_to_qdq(spec: ModelSpec, out_dir: Path) -> ModelSpec:
     info = read_program(model_file)
     if len(info.outputs) != len(spec.outputs):
         raise ConversionError(f"the rewritten program fetches {len(info.outputs)} tensors, the source {len(spec.outputs)}")
-    # Shapes and meaning are the source's (as intake read them); only names may follow the program.
-    outputs = [dataclasses.replace(t, name=new.name) for t, new in zip(spec.outputs, info.outputs)]
-    return dataclasses.replace(spec, source_dir=out_dir, model_file=model_file, params_file=params_file,
-                               config_file=out_dir / spec.config_file.name, outputs=outputs, op_types=info.op_types,
+    return dataclasses.replace(spec.relocated(out_dir, info),
                                notes=[*spec.notes, f"{', '.join(sorted(spec.op_types & LEGACY_QUANT_OPS))} rewritten to "
                                                    "quantize_linear/dequantize_linear pairs with the same scales"])
 

@@ -22,7 +22,6 @@ the way ``--int8`` builds measure it.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -56,9 +55,7 @@ def observers_applied(spec: ModelSpec, out_dir: Path) -> ModelSpec:
     save_program_desc(program, out_dir / spec.model_file.name)
     shutil.copy2(spec.params_file, out_dir / spec.params_file.name)
     copy_deploy_files(spec.source_dir, out_dir)
-    return dataclasses.replace(spec, source_dir=out_dir, model_file=out_dir / spec.model_file.name,
-                               params_file=out_dir / spec.params_file.name,
-                               config_file=out_dir / spec.config_file.name)
+    return spec.relocated(out_dir)
 
 
 def sample_images(spec: ModelSpec, count: int = SAMPLE_IMAGES) -> ImageSet:

@@ -1,10 +1,10 @@
 """The typed description of a model that every later stage works from."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..processing.classification import ClassificationSettings
 from ..processing.detection import DetectionSettings
@@ -12,6 +12,9 @@ from ..processing.ops import Pipeline
 from ..processing.pipeline import PipelineConfig
 from ..processing.segmentation import SegmentationSettings
 from ..tasks import Task, task_named
+
+if TYPE_CHECKING:
+    from .program import ProgramInfo
 
 PostprocessSettings = ClassificationSettings | DetectionSettings | SegmentationSettings
 
@@ -90,6 +93,22 @@ class ModelSpec:
         if not isinstance(self.postprocess, settings):
             raise TypeError(f"{self.task} postprocess settings must be {settings.__name__}, "
                             f"got {type(self.postprocess).__name__}")
+
+    def relocated(self, directory: Path, program: "ProgramInfo | None" = None) -> "ModelSpec":
+        """This model's deploy knowledge over the program and params ``directory`` holds under the
+        same file names (a quantized or rewritten copy written there): op types from that program,
+        fetch names by position (saving a program may rename its fetches), shapes and meaning as
+        intake read them. ``program``: the copy as already read, if the caller has it; the caller
+        checks that it fetches as many tensors."""
+        from .program import read_program
+
+        directory = Path(directory)
+        model_file = directory / self.model_file.name
+        program = program or read_program(model_file)
+        outputs = [replace(t, name=new.name) for t, new in zip(self.outputs, program.outputs, strict=True)]
+        return replace(self, source_dir=directory, model_file=model_file, params_file=directory / self.params_file.name,
+                       config_file=directory / self.config_file.name, outputs=outputs, op_types=program.op_types,
+                       notes=list(self.notes))
 
     @property
     def task_kind(self) -> type[Task]:

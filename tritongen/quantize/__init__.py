@@ -127,7 +127,4 @@ def _int8_spec(fp32: ModelSpec, directory: Path) -> ModelSpec:
     if [t.name for t in program.inputs] != [t.name for t in fp32.inputs] or len(program.outputs) != len(fp32.outputs):
         raise TritongenError(f"the quantized program's feeds/fetches {[t.name for t in program.inputs]} -> "
                              f"{[t.name for t in program.outputs]} do not match the FP32 model's")
-    # PaddleSlim may rename a fetched variable; shapes and meaning are the FP32 model's (as intake read them).
-    outputs = [replace(t, name=new.name) for t, new in zip(fp32.outputs, program.outputs)]
-    return replace(fp32, source_dir=directory, model_file=model_file, params_file=params_file, outputs=outputs,
-                   config_file=directory / fp32.config_file.name, op_types=program.op_types, notes=list(fp32.notes))
+    return fp32.relocated(directory, program)  # PaddleSlim may rename a fetched variable
