@@ -19,6 +19,7 @@ from ..errors import TritongenError
 from ..intake import ModelSpec, load_model
 from ..intake.families import copy_deploy_files
 from ..intake.program import read_program
+from ..intake.spec import QDQ_OPS
 from ..processing.runners import PaddleInferenceRunner
 from .calibration import CalibrationData, CalibrationError, load_calibration
 from .config import QUANT_FILE, CalibrationAlgo, OrtRecipe, QuantizationRecord, QuantizeConfig, QuantMethod
@@ -122,7 +123,7 @@ def _int8_spec(fp32: ModelSpec, directory: Path) -> ModelSpec:
     if not model_file.is_file() or not params_file.is_file():
         raise TritongenError(f"the quantizer wrote no {model_file.name} / {params_file.name} into {directory}")
     program = read_program(model_file)
-    if not program.op_types & {"quantize_linear", "dequantize_linear"}:
+    if not program.op_types & QDQ_OPS:
         raise TritongenError("the quantizer produced a program without quantize_linear ops")
     if [t.name for t in program.inputs] != [t.name for t in fp32.inputs] or len(program.outputs) != len(fp32.outputs):
         raise TritongenError(f"the quantized program's feeds/fetches {[t.name for t in program.inputs]} -> "

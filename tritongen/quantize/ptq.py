@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from ..errors import TritongenError
 from ..intake.program import load_program_desc, save_program_desc
-from ..intake.spec import ModelSpec
+from ..intake.spec import QDQ_OPS, ModelSpec
 from .calibration import CalibrationData, ImageSet
 from .config import CalibrationAlgo
 
@@ -100,7 +100,7 @@ def _detection_tail(ops, persistable: set[str], image_feed: str, args) -> set[st
     for op in reversed(ops):
         inputs = set(args(op.inputs))
         every |= inputs | set(args(op.outputs))
-        is_compute = op.type not in ("quantize_linear", "dequantize_linear") and bool(inputs & dequantized_weights)
+        is_compute = op.type not in QDQ_OPS and bool(inputs & dequantized_weights)
         if is_compute or set(args(op.outputs)) & reaches_compute:
             reaches_compute |= inputs
     from_side = {args(op.outputs)[0] for op in ops if op.type == "feed"} - {image_feed}

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..errors import TritongenError
 from ..intake.program import load_program_desc, save_program_desc
-from ..intake.spec import ModelSpec
+from ..intake.spec import QDQ_OPS, ModelSpec
 from .act_config import (
     OUTPUT_NODES_NOTE,
     ActConfig,
@@ -253,7 +253,7 @@ def _freeze_batch_norm(model_file: Path) -> int:
 def _check_quantized(model_file: Path, effective: dict) -> None:
     program = load_program_desc(model_file)
     ops = {op.type for b in program.blocks for op in b.ops}
-    if not ops & {"quantize_linear", "dequantize_linear"}:
+    if not ops & QDQ_OPS:
         section = effective.get("QuantAware") or effective.get("QuantPost") or {}
         raise QatError(
             f"ACT wrote a program without quantize_linear/dequantize_linear ops: quantize_op_types "
