@@ -29,7 +29,7 @@ from ..intake.spec import ModelSpec
 from ..measure import usable_cores
 from ..processing.pipeline import PIPELINE_FILE, PipelineConfig
 from ..registry import Registry
-from .backends import Backend, RuntimeFiles, RuntimeOptions, get_backend
+from .backends import BACKENDS, Backend, RuntimeFiles, RuntimeOptions, get_backend
 from .pbtxt import NUMPY_TO_TRITON, parse_config, render_config, template_path
 
 PROCESSING_PACKAGE = "tritongen_processing"  # the name tritongen.processing gets inside a model
@@ -333,7 +333,7 @@ class FusedLayout(LayoutPlanner):
 
     def check(self, backend: Backend, backend_name: str) -> None:
         if not backend.runs_fused:
-            fused = ", ".join(name for name, cls in _backends().items() if cls.runs_fused)
+            fused = ", ".join(name for name, cls in BACKENDS.items() if cls.runs_fused)
             raise EmitError(f"--layout fused runs the network inside one Python model, which --backend {backend_name} "
                             f"cannot do; use --backend {fused.replace(', ', ' or ')}, or --layout ensemble")
 
@@ -361,12 +361,6 @@ class FusedLayout(LayoutPlanner):
                 next_command=files.next_command,
             )
         ]
-
-
-def _backends():
-    from .backends import BACKENDS
-
-    return BACKENDS
 
 
 # ----------------------------------------------------------------------------------- warmup
