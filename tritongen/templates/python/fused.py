@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tritongen_network import Network  # noqa: E402
-from tritongen_processing.errors import PreprocessError  # noqa: E402
+from tritongen_processing.errors import PreprocessError, invalid_argument  # noqa: E402
 from tritongen_processing.pipeline import PIPELINE_FILE, PipelineConfig, Preprocessor, postprocessor  # noqa: E402
 
 
@@ -73,10 +73,3 @@ class TritonPythonModel:
 
 def _error(message):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-
-
-def invalid_argument(message):
-    """A TritonError with status INVALID_ARGUMENT (the client sent a bad image), as NAME_preprocess
-    of the ensemble layout answers."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tritongen_processing.errors import PreprocessError  # noqa: E402
+from tritongen_processing.errors import PreprocessError, invalid_argument  # noqa: E402
 from tritongen_processing.pipeline import PIPELINE_FILE, PipelineConfig, Preprocessor  # noqa: E402
 
 
@@ -35,10 +35,3 @@ class TritonPythonModel:
             except PreprocessError as exc:
                 responses.append(pb_utils.InferenceResponse(error=invalid_argument(f"{self.input_name}: {exc}")))
         return responses
-
-
-def invalid_argument(message):
-    """A TritonError with status INVALID_ARGUMENT (the client sent a bad image), where the
-    Python backend knows status codes."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
