@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..emit.pbtxt import read_configs
 from ..errors import PerfError, TritongenError
 from ..measure import CpuInfo, Latency, cpu_info, interleaved_latency, usable_cores
 from ..predict import LocalPredictor
@@ -81,18 +82,6 @@ class ServedModel:
         return self.composing or (self.name,)
 
 
-def _configs(repository: Path) -> dict[str, Any]:
-    from ..emit.pbtxt import parse_config
-
-    configs = {}
-    for path in sorted(repository.glob("*/config.pbtxt")):
-        try:
-            configs[path.parent.name] = parse_config(path.read_text(encoding="utf-8"), path.parent.name)
-        except TritongenError as exc:
-            raise TritongenError(f"{path}: {exc}") from None
-    return configs
-
-
 def _version_dir(model_dir: Path) -> Path | None:
     versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     return versions[-1] if versions else None
@@ -113,7 +102,7 @@ def repository_models(repository: str | Path, names: Sequence[str] = ()) -> list
     """The image models of ``repository`` (``names``, or every model that takes one encoded image
     and is no ensemble's step), with the files their pipeline runs from."""
     repository = Path(repository)
-    configs = _configs(repository)
+    configs = read_configs(repository)
     if not configs:
         raise TritongenError(f"{repository}: no models (expected <model>/config.pbtxt)")
     steps = {s for name in configs for s in _composing(name, configs)}

@@ -75,3 +75,15 @@ def parse_config(text: str, expected_name: str):
     if not (config.platform or config.backend):
         raise EmitError(f"generated config for {expected_name!r} has neither platform nor backend")
     return config
+
+
+def read_configs(repository: Path) -> dict:
+    """Every model's parsed ``config.pbtxt`` in ``repository``, by model name (sorted); EmitError
+    naming the file that does not parse."""
+    configs = {}
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        try:
+            configs[path.parent.name] = parse_config(path.read_text(encoding="utf-8"), path.parent.name)
+        except EmitError as exc:
+            raise EmitError(f"{path}: {exc}") from None
+    return configs

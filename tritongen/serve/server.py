@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EmitError, ServeError
-from ..emit.pbtxt import parse_config
+from ..emit.pbtxt import read_configs
 
 LOCAL_BACKENDS = {"python"}  # what this CPU-only server build can host (plus ensembles)
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")  # tritonserver --model-control-mode
@@ -81,14 +81,12 @@ def check_repository(repository: Path) -> list[str]:
     """Model names in ``repository``; ServeError if a model needs a backend this server lacks."""
     if not repository.is_dir():
         raise ServeError(f"{repository}: no such model repository")
-    names, unsupported = [], []
-    for config_file in sorted(repository.glob("*/config.pbtxt")):
-        name = config_file.parent.name
-        try:
-            config = parse_config(config_file.read_text(encoding="utf-8"), name)
-        except EmitError as exc:
-            raise ServeError(f"{config_file}: {exc}") from None
-        names.append(name)
+    try:
+        configs = read_configs(repository)
+    except EmitError as exc:
+        raise ServeError(str(exc)) from None
+    names, unsupported = list(configs), []
+    for name, config in configs.items():
         if config.platform == "ensemble":
             continue
         kind = config.backend or config.platform
