@@ -141,19 +141,6 @@ def repository_models(repository: str | Path, names: Sequence[str] = ()) -> list
     return models
 
 
-class _NmsGraphRunner:
-    """A detector whose graph ends in multiclass_nms3: rows + counts -> batch-major, as the served
-    network does (``templates/python/network.py``), so the postprocess sees what it sees served."""
-
-    def __init__(self, runner, nms: dict[str, Any]):
-        self.runner, self.nms = runner, nms
-
-    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..processing.detection import run_nms_graph
-
-        return run_nms_graph(self.runner, batch, self.nms)
-
-
 class RepositoryPredictor(LocalPredictor):
     """:class:`LocalPredictor`'s pipeline (its ``predict``) on a repository's own artifacts: the
     ``pipeline.json`` its Python models read and the runner ``runtime.json`` names, with the
@@ -161,17 +148,13 @@ class RepositoryPredictor(LocalPredictor):
 
     def __init__(self, model: ServedModel):  # noqa: super().__init__ builds from a ModelSpec instead
         from ..processing.pipeline import PipelineConfig, Preprocessor, postprocessor
-        from ..processing.runners import RUNNERS
+        from ..processing.runners import Network
         from ..tasks import task_named
 
         self.config = config = PipelineConfig.load(model.pipeline_file)
         self.preprocess = Preprocessor(config)
         self.postprocess = postprocessor(config)
-        settings = json.loads((model.runtime_dir / "runtime.json").read_text(encoding="utf-8"))
-        nms = settings.pop("nms_outputs", None)
-        runner_cls = RUNNERS[settings.pop("runtime")]
-        runner = runner_cls(*(model.runtime_dir / f for f in settings.pop("files")), **settings)
-        self.runner = _NmsGraphRunner(runner, nms) if nms else runner
+        self.runner = Network(model.runtime_dir)  # the runner and in-graph NMS handling the served model runs
         self.spec = SimpleNamespace(task_kind=task_named(config.task))  # predict() decodes with it
 
 

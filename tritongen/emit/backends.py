@@ -73,7 +73,7 @@ class Backend(ABC):
     # Whether the runtime model can run a graph ending in multiclass_nms3 (the Python models
     # make its outputs batch-major); other backends get the graph with the op cut off.
     runs_nms_graphs: ClassVar[bool] = False
-    # Whether the network runs in a Python model (tritongen_network.py), so the fused layout
+    # Whether the network runs in a Python model (processing.runners.Network), so the fused layout
     # (one Python model: decode, preprocess, network, postprocess) can serve it.
     runs_fused: ClassVar[bool] = False
 
@@ -95,10 +95,9 @@ def _runtime_json(runtime: str, files: list[str], **settings: object) -> str:
 
 
 def _python_network(runtime_json: str, **files: Path) -> dict[str, Path | str]:
-    """Version-directory files of a network run by Python (templates/python/network.py reads
+    """Version-directory files of a network run by Python (``processing.runners.Network`` reads
     runtime.json): the runtime model's model.py, which the fused layout replaces with its own."""
-    return {"model.py": template_path("python/runtime.py"), "tritongen_network.py": template_path("python/network.py"),
-            **files, "runtime.json": runtime_json}
+    return {"model.py": template_path("python/runtime.py"), **files, "runtime.json": runtime_json}
 
 
 def _nms_outputs(spec: ModelSpec, one_image_per_run: bool) -> dict[str, object]:

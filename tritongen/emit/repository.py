@@ -33,7 +33,6 @@ from .backends import BACKENDS, Backend, RuntimeFiles, RuntimeOptions, get_backe
 from .pbtxt import NUMPY_TO_TRITON, parse_config, render_config, template_path
 
 PROCESSING_PACKAGE = "tritongen_processing"  # the name tritongen.processing gets inside a model
-NETWORK_MODULE = "tritongen_network.py"  # templates/python/network.py inside a model (backends ship it)
 BUILD_INFO_FILE = "tritongen_build.json"
 WARMUP_DIR = "warmup"  # Triton reads ModelWarmup input_data_file from <model>/warmup/
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -1,10 +1,14 @@
 """Model runtimes behind one interface: ``run({input name: array}) -> {output name: array}``.
 
 Runtimes are imported lazily so a model that needs only one of them imports only that one.
+:class:`Network` is what a built repository runs: the runner its ``runtime.json`` names, with
+batch-major outputs — shared by the generated runtime and fused models and by in-process
+measurement of a repository.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -96,3 +100,26 @@ def _native_output_captured() -> Iterator[Any]:
 
 
 RUNNERS: dict[str, Any] = {"onnxruntime": OnnxRuntimeRunner, "paddle": PaddleInferenceRunner}
+
+RUNTIME_FILE = "runtime.json"
+
+
+class Network:
+    """The network of a built Python model from its version directory's ``runtime.json``:
+    ``run({feed: batch}) -> {output: batch}`` with every output batch-major (row i = image i)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        with open(os.path.join(directory, RUNTIME_FILE), encoding="utf-8") as f:
+            settings = json.load(f)
+        # Detectors with multiclass_nms3 in the graph: rows + counts -> batch-major (see detection.run_nms_graph).
+        self.nms = settings.pop("nms_outputs", None)
+        runner_cls = RUNNERS[settings.pop("runtime")]
+        files = [os.path.join(directory, name) for name in settings.pop("files")]
+        self.runner = runner_cls(*files, **settings)
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.nms:
+            return self.runner.run(batch)
+        from .detection import run_nms_graph
+
+        return run_nms_graph(self.runner, batch, self.nms)
