@@ -31,7 +31,11 @@ class ZooEntry:
     family: str
     sha256: str | None = None  # None = trust on first use (see module doc)
     int8: str | None = None  # the zoo name of the INT8 model published for this FP32 one
-    fp32: str | None = None  # the zoo name of the FP32 model this INT8 one was quantized from
+
+    @property
+    def fp32(self) -> str | None:
+        """The zoo name of the FP32 model this INT8 one was quantized from (the entry naming it as ``int8``)."""
+        return next((e.name for e in ZOO.values() if e.int8 == self.name), None)
 
     @property
     def archive_name(self) -> str:
@@ -43,27 +47,33 @@ ZOO: dict[str, ZooEntry] = {
     for e in [
         ZooEntry("resnet50_vd", FASTDEPLOY + "ResNet50_vd_infer.tgz", "paddleclas", int8="resnet50_vd_ptq"),
         ZooEntry("mobilenetv1_ssld", FASTDEPLOY + "MobileNetV1_ssld_infer.tgz", "paddleclas", int8="mobilenetv1_ssld_ptq"),
-        ZooEntry("resnet50_vd_ptq", FASTDEPLOY + "resnet50_vd_ptq.tar", "paddleclas", fp32="resnet50_vd"),
-        ZooEntry("mobilenetv1_ssld_ptq", FASTDEPLOY + "mobilenetv1_ssld_ptq.tar", "paddleclas", fp32="mobilenetv1_ssld"),
+        ZooEntry("resnet50_vd_ptq", FASTDEPLOY + "resnet50_vd_ptq.tar", "paddleclas"),
+        ZooEntry("mobilenetv1_ssld_ptq", FASTDEPLOY + "mobilenetv1_ssld_ptq.tar", "paddleclas"),
         ZooEntry("ppyoloe", FASTDEPLOY + "ppyoloe_crn_l_300e_coco.tgz", "paddledetection", int8="ppyoloe_qat"),
-        ZooEntry("ppyoloe_qat", FASTDEPLOY + "ppyoloe_crn_l_300e_coco_qat.tar", "paddledetection", fp32="ppyoloe"),
+        ZooEntry("ppyoloe_qat", FASTDEPLOY + "ppyoloe_crn_l_300e_coco_qat.tar", "paddledetection"),
         ZooEntry("yolov5s", FASTDEPLOY + "yolov5s_infer.tar", "paddledetection"),
         ZooEntry("yolov6s", FASTDEPLOY + "yolov6s_infer.tar", "paddledetection"),
         ZooEntry("yolov7", FASTDEPLOY + "yolov7_infer.tar", "paddledetection"),
         ZooEntry("pp_liteseg", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer.tgz", "paddleseg",
                  int8="pp_liteseg_qat"),
         ZooEntry("pp_liteseg_qat", FASTDEPLOY + "PP_LiteSeg_T_STDC1_cityscapes_without_argmax_infer_QAT_new.tar",
-                 "paddleseg", fp32="pp_liteseg"),
+                 "paddleseg"),
         ZooEntry("bisenetv2", FASTDEPLOY + "Bisenet_cityscapes_without_argmax_infer.tgz", "paddleseg"),
     ]
 }
 
 
-def published_int8(name: str) -> ZooEntry:
-    """The INT8 model the zoo publishes for FP32 model ``name`` (``name`` itself when it is INT8)."""
+def zoo_entry(name: str) -> ZooEntry:
+    """The entry ``name``; ZooError listing the zoo otherwise."""
     entry = ZOO.get(name)
     if entry is None:
         raise ZooError(f"unknown model {name!r}: pass an export directory, or one of: {', '.join(sorted(ZOO))}")
+    return entry
+
+
+def published_int8(name: str) -> ZooEntry:
+    """The INT8 model the zoo publishes for FP32 model ``name`` (``name`` itself when it is INT8)."""
+    entry = zoo_entry(name)
     if entry.fp32 is not None:
         return entry
     if entry.int8 is None:
@@ -90,9 +100,7 @@ def resolve_url(entry: ZooEntry) -> str:
 
 def fetch(name: str, sha256: str | None = None, progress: bool = True, timeout: float = 30.0) -> Path:
     """The extracted export directory of zoo model ``name``, downloading it if needed."""
-    entry = ZOO.get(name)
-    if entry is None:
-        raise ZooError(f"unknown model {name!r}: pass an export directory, or one of: {', '.join(sorted(ZOO))}")
+    entry = zoo_entry(name)
     expected = (sha256 or entry.sha256 or "").lower() or None
     root = cache_dir() / entry.name
     done = root / "model"
