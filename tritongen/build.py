@@ -65,8 +65,8 @@ def build(
     quantized builds for every backend (:func:`convert.int8.adopt_int8`). ``backend`` None:
     tensorrt with ``fp16`` (the only backend where FP16 applies), else python-onnxruntime.
 
-    ``layout``: ``ensemble`` or ``fused`` (:class:`emit.repository.Layout`; None: its
-    ``DEFAULT_LAYOUT``). ``instances``: per-step model instances (:class:`InstanceCounts`: a
+    ``layout``: ``ensemble`` or ``fused`` (:class:`emit.repository.Layout`; None:
+    ``default_layout(backend)``). ``instances``: per-step model instances (:class:`InstanceCounts`: a
     number for every step, ``"preprocess=2,runtime=1"``, or None for this machine's defaults);
     ``threads``: CPU threads per network instance (None: derived from the instances)."""
     if backend is None:

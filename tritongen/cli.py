@@ -61,14 +61,14 @@ def _quantize_config(calib_dir: Optional[Path], method: str, algo: str, batch_si
 def build(
     source: str = typer.Argument(..., help="Exported Paddle inference directory, or a zoo name (see `tritongen zoo`)."),
     output: Path = typer.Option(Path("model_repository"), "--output", "-o", help="Model repository to write into."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Ensemble name (default: the directory name)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Name of the model clients call (default: the directory name)."),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="python-onnxruntime (default) | python-paddle | "
                                           "onnxruntime | tensorrt (default with --fp16)"),
     force: bool = typer.Option(False, "--force", help="Replace models of the same name already in OUTPUT."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="max_batch_size of every model."),
     layout: Optional[str] = typer.Option(None, "--layout", help="ensemble: NAME = NAME_preprocess -> NAME_runtime -> "
                                          "NAME_postprocess | fused: one Python model NAME (python-* backends); same "
-                                         "inputs and outputs. Omitted: tritongen's default layout."),
+                                         "inputs and outputs. Default: fused for the python-* backends, else ensemble."),
     instances: Optional[str] = typer.Option(None, "--instances", help="Model instances: N for every step, or STEP=N,... "
                                             "(preprocess, runtime, postprocess; fused). Default: from this machine's cores."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per network instance "
