@@ -10,10 +10,9 @@ class OpConfigError(ValueError):
         self.key = key
 
 
-def invalid_argument(message: str):
-    """For the generated Python models (preprocess, fused): a TritonError with status
+def invalid_argument(pb_utils, message: str):
+    """For the generated Python models (preprocess, fused), which pass their
+    ``triton_python_backend_utils`` (this package never imports Triton): a TritonError with status
     INVALID_ARGUMENT (the client sent a bad image), where the Python backend knows status codes."""
-    import triton_python_backend_utils as pb_utils  # only inside Triton's Python backend
-
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

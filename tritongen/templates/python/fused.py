@@ -46,7 +46,7 @@ class TritonPythonModel:
                 images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
                 batch = self.preprocess([item[0] for item in images.reshape(len(images), -1)])
             except PreprocessError as exc:  # the same message the ensemble's preprocess model gives
-                responses[i] = pb_utils.InferenceResponse(error=invalid_argument(f"{self.input_name}: {exc}"))
+                responses[i] = pb_utils.InferenceResponse(error=invalid_argument(pb_utils, f"{self.input_name}: {exc}"))
                 continue
             key = tuple((name, batch[name].shape[1:], batch[name].dtype.str) for name in self.feeds)
             groups.setdefault(key, []).append((i, batch))

@@ -33,5 +33,5 @@ class TritonPythonModel:
                 tensors = [pb_utils.Tensor(name, batch[name]) for name in self.output_names]
                 responses.append(pb_utils.InferenceResponse(tensors))
             except PreprocessError as exc:
-                responses.append(pb_utils.InferenceResponse(error=invalid_argument(f"{self.input_name}: {exc}")))
+                responses.append(pb_utils.InferenceResponse(error=invalid_argument(pb_utils, f"{self.input_name}: {exc}")))
         return responses
