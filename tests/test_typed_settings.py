@@ -44,7 +44,8 @@ def test_pipeline_json_keeps_the_old_plain_form(form, tmp_path):
     assert isinstance(config.postprocess, TASKS[task].settings)
     config.save(tmp_path / "pipeline.json")
     saved = json.loads((tmp_path / "pipeline.json").read_text(encoding="utf-8"))
-    assert saved == {**fields, "postprocess": old, "min_image_side": config.min_image_side}
+    assert saved == {**fields, "postprocess": old, "min_image_side": config.min_image_side,
+                     "max_image_pixels": config.max_image_pixels}
     loaded = PipelineConfig.load(tmp_path / "pipeline.json")
     assert loaded == config and type(loaded.postprocess) is type(config.postprocess)
     assert TASKS[task].settings.from_dict(old).to_dict() == old

@@ -140,7 +140,7 @@ class ModelSpec:
         """Per-image tensor shape after preprocessing (no batch axis); -1 where image-dependent."""
         return Pipeline.from_config(self.preprocess, self.family).output_shape()
 
-    def pipeline_config(self, min_image_side: int | None = None) -> PipelineConfig:
+    def pipeline_config(self, min_image_side: int | None = None, max_image_pixels: int | None = None) -> PipelineConfig:
         cfg = PipelineConfig(
             task=self.task,
             family=self.family,
@@ -153,4 +153,6 @@ class ModelSpec:
         )
         if min_image_side is not None:
             cfg.min_image_side = min_image_side
+        if max_image_pixels is not None:
+            cfg.max_image_pixels = max_image_pixels
         return cfg

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import PreprocessError
-from .image import DEFAULT_MIN_SIDE, decode_image
+from .image import DEFAULT_MIN_SIDE, MAX_PIXELS, decode_image
 from .ops import Info, Pipeline, batcher_for
+from .settings import check_int
 
 PIPELINE_FILE = "pipeline.json"
 # Feed sources: the preprocessed image, or an entry of the per-image side data.
@@ -39,8 +40,11 @@ class PipelineConfig:
     labels: list[str] | None = None
     min_image_side: int = DEFAULT_MIN_SIDE
     side: list[str] = field(default_factory=list)
+    # Decompression-bomb guard: larger images are rejected from their header, before decoding.
+    max_image_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
+        check_int("max_image_pixels", self.max_image_pixels, minimum=1)
         settings = task_module(self.task).Settings
         if isinstance(self.postprocess, dict):
             self.postprocess = settings.from_dict(self.postprocess)
@@ -80,7 +84,7 @@ class Preprocessor:
         self.batcher = batcher_for(config.family)  # e.g. PaddleDetection zero-pads to the largest h, w
 
     def sample(self, data: bytes) -> tuple[np.ndarray, Info]:
-        return self.ops.run(decode_image(data, self.config.min_image_side))
+        return self.ops.run(decode_image(data, self.config.min_image_side, self.config.max_image_pixels))
 
     def one(self, data: bytes) -> np.ndarray:
         """The image feed of one image (calibration uses this)."""
