@@ -131,7 +131,8 @@ def test_tune_loads_configs_through_model_control_and_ends_serving_the_chosen(ex
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # --write with a configuration that changes models (whichever was chosen): the configs parse and
-    # a fresh server (default model control) loads them
+    # a fresh server loads them (poll mode: the one mode whose model-control API is closed; `serve`'s
+    # default runs Triton's explicit mode under the hood to reload crashed models)
     changed = max(result.trials, key=lambda t: len(t.candidate.changed_models(result.baseline)))
     assert changed.candidate.changed_models(result.baseline)
     forced = dataclasses.replace(result, chosen=changed)
@@ -148,11 +149,12 @@ def test_tune_loads_configs_through_model_control_and_ends_serving_the_chosen(ex
             assert path.read_text().startswith("# tritongen tune")
             assert config.name == path.parent.name
     assert not list(repo.glob("*/.config.pbtxt.*"))  # no staged files left behind
-    with TritonServer(repo, free_port(), free_port(), free_port(), log_file=tmp_path / "fresh.log") as fresh:
+    with TritonServer(repo, free_port(), free_port(), free_port(), log_file=tmp_path / "fresh.log",
+                      model_control="poll") as fresh:
         got = served_settings(fresh.grpc_url)
         for name in COMPOSING:
             assert same(got[name], changed.candidate[name]), (name, got[name], changed.candidate[name])
-        # a server without explicit model control: one clear error, nothing loaded
+        # a server without model control: one clear error, nothing loaded
         proc = run_cli("tune", NAME, "--url", fresh.grpc_url, "--latency-budget", "50", "--images", image_dir, check=False)
         assert proc.returncode == 1
         assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")

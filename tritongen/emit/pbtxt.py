@@ -79,11 +79,20 @@ def parse_config(text: str, expected_name: str):
 
 def read_configs(repository: Path) -> dict:
     """Every model's parsed ``config.pbtxt`` in ``repository``, by model name (sorted); EmitError
-    naming the file that does not parse."""
+    naming the file that does not parse. Directories starting with '.' are not models (a build's
+    staging, editor and VCS directories) and are skipped."""
     configs = {}
     for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        if path.parent.name.startswith("."):
+            continue
         try:
-            configs[path.parent.name] = parse_config(path.read_text(encoding="utf-8"), path.parent.name)
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EmitError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); config.pbtxt must be UTF-8") from None
+        except OSError as exc:
+            raise EmitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            configs[path.parent.name] = parse_config(text, path.parent.name)
         except EmitError as exc:
             raise EmitError(f"{path}: {exc}") from None
     return configs
