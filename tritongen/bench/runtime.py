@@ -7,7 +7,6 @@ models are the ones ``build --int8`` serves: the same stage (:func:`convert.int8
 """
 from __future__ import annotations
 
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
 from ..quantize.config import QuantizeConfig, QuantMethod
 from ..quantize.fidelity import Runner
 from ..registry import Registry
+from ..residue import owned_temp_dir
 
 # ------------------------------------------------------------------------------ runtimes
 
@@ -120,7 +120,7 @@ def run_benchmark(
     chosen = [RUNTIMES[key]() for key in runtimes]
     report = BenchReport(cpu_info())
     report.notes.append(f"CPU: {report.cpu} — {report.cpu.int8_expectation()}")
-    with tempfile.TemporaryDirectory(prefix="tritongen-bench-") as tmp:
+    with owned_temp_dir("tritongen-bench-") as tmp:
         work = Path(tmp)
         fp32_onnx = None
         if any(r.needs_onnx for r in chosen):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +35,7 @@ from ..emit.pbtxt import read_configs
 from ..errors import PerfError, TritongenError
 from ..measure import CpuInfo, Latency, cpu_info, interleaved_latency, usable_cores
 from ..predict import LocalPredictor
+from ..residue import owned_temp_dir
 
 DEFAULT_IMAGE_COUNT = 8
 DEFAULT_IMAGE_HW = (480, 640)  # VGA photos: what a camera or an upload typically sends
@@ -502,7 +502,7 @@ def bench_serving(
     if any(c < 1 for c in levels):
         raise TritongenError(f"concurrency levels must be >= 1, got {levels}")
     names = [name] if isinstance(name, str) else list(name or [])
-    with tempfile.TemporaryDirectory(prefix="tritongen-bench-serving-") as tmp:
+    with owned_temp_dir("tritongen-bench-serving-") as tmp:
         work = Path(tmp)
         if is_repository(source):
             if backend or layouts or build_options:

@@ -25,7 +25,6 @@ and benchmarks.
 """
 from __future__ import annotations
 
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from ..quantize import OrtRecipe, QuantizedModel, QuantizeConfig, quantize
 from ..quantize.calibration import CalibrationData, ImageSet
 from ..quantize.fidelity import FidelityReport, compare
 from ..registry import Registry
+from ..residue import owned_temp_dir
 from . import quantized as quantized_check
 from .onnx import paddle_to_onnx
 from .passes.onnxruntime import (COMPUTE_OPS, FusionReport, activation_ranges, activations_to_uint8, fusion_report,
@@ -451,7 +451,7 @@ def _ort_quantize(fp32_onnx: Path, out: Path, data: CalibrationData, overrides: 
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with owned_temp_dir("tritongen-int8-") as tmp:  # pid-named: a SIGKILLed build's is removed later
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         calibrator = create_calibrator(pre, augmented_model_path=str(Path(tmp) / "augmented.onnx"),

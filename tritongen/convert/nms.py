@@ -25,6 +25,7 @@ from ..intake.paddledetection import NMS_OP, nms_op_attrs
 from ..intake.program import read_program
 from ..intake.spec import ModelSpec
 from ..processing.detection import NmsSettings
+from ..residue import describe_exit, die_with_parent, last_error_line
 
 # Static-graph mode and the global scope are process-wide: prune in a child process.
 _PRUNE_SCRIPT = """
@@ -67,11 +68,11 @@ def cut_nms(spec: ModelSpec, out_dir: Path) -> ModelSpec:
         shutil.copyfile(spec.params_file, staged / "model.pdiparams")
         args["prefix"] = str(staged / "model")
     proc = subprocess.run([sys.executable, "-c", _PRUNE_SCRIPT, json.dumps(args)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, preexec_fn=die_with_parent())  # dies with us, even on SIGKILL
     model_file, params_file = prefix.with_suffix(".pdmodel"), prefix.with_suffix(".pdiparams")
     if proc.returncode != 0 or not model_file.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise ConversionError(f"cannot cut {NMS_OP} off {spec.model_file} (exit {proc.returncode}):\n{tail}")
+        raise ConversionError(f"cannot cut {NMS_OP} off {spec.model_file} ({describe_exit(proc.returncode)}): "
+                              f"{last_error_line(proc.stderr or proc.stdout)}")
     shutil.rmtree(out_dir / "source", ignore_errors=True)
     cut_names = json.loads(proc.stdout.strip().splitlines()[-1])
     program = read_program(model_file)

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import ConversionError
 from ..intake.spec import ModelSpec
 from ..processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
+from ..residue import describe_exit, die_with_parent, last_error_line, owned_temp_dir
 
 DEFAULT_OPSET = 13
 # FP32 ONNX Runtime vs Paddle Inference on the same input, as a fraction of the output's
@@ -45,12 +46,15 @@ class OnnxModel:
 def paddle_to_onnx(spec: ModelSpec, out_path: Path, opset: int = DEFAULT_OPSET, validate: bool = True) -> OnnxModel:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     args = {"model": str(spec.model_file), "params": str(spec.params_file), "out": str(out_path), "opset": opset}
-    proc = subprocess.run(
-        [sys.executable, "-c", _EXPORT_SCRIPT, json.dumps(args)], capture_output=True, text=True, timeout=1800
+    proc = subprocess.run(  # dies with us, even when we are SIGKILLed; killed by run() on an exception
+        [sys.executable, "-c", _EXPORT_SCRIPT, json.dumps(args)], capture_output=True, text=True, timeout=1800,
+        preexec_fn=die_with_parent(),
     )
     if proc.returncode != 0 or not out_path.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
-        raise ConversionError(f"paddle2onnx failed on {spec.model_file} (exit {proc.returncode}):\n{tail}")
+        detail = last_error_line(proc.stderr or proc.stdout)  # its traceback is paddle2onnx's, not the user's
+        if detail.endswith("is undefined!"):  # a weight the program names is not in the params file
+            detail += f" ({spec.params_file.name} is incomplete or belongs to another model)"
+        raise ConversionError(f"paddle2onnx failed on {spec.model_file} ({describe_exit(proc.returncode)}): {detail}")
     import onnx
 
     from .passes.onnxruntime import fix_nms_squeeze
@@ -81,13 +85,11 @@ def _compare_nms_graph(spec: ModelSpec, onnx_path: Path, opset: int) -> dict[str
     way, so the rows cannot be compared one to one. The network up to NMS is what conversion
     can get wrong: convert the graph cut before the op and compare that elementwise; of the
     full graph, check that it runs and returns well-formed rows and counts."""
-    import tempfile
-
     from .nms import cut_nms
 
-    with tempfile.TemporaryDirectory(prefix="tritongen-nms-check-") as tmp:
-        cut = cut_nms(spec, Path(tmp) / "cut")
-        diffs = paddle_to_onnx(cut, Path(tmp) / "cut.onnx", opset=opset).validation
+    with owned_temp_dir("tritongen-nms-check-") as tmp:
+        cut = cut_nms(spec, tmp / "cut")
+        diffs = paddle_to_onnx(cut, tmp / "cut.onnx", opset=opset).validation
     outputs = _run_onnx(onnx_path, sample_inputs(spec, batch=1))
     rows, counts = (outputs[t.name] for t in spec.outputs)
     if rows.ndim != 2 or rows.shape[-1] != 6 or int(np.sum(counts)) != len(rows):

@@ -29,12 +29,12 @@ import struct
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import PerfError
+from ..residue import owned_temp_dir
 
 BINARY = "perf_analyzer"
 CUDA_RUNTIME_PACKAGE = "nvidia.cuda_runtime"  # the nvidia-cuda-runtime-cu12 wheel's package
@@ -324,7 +324,7 @@ def run_perf_analyzer(
         raise PerfError(f"concurrency levels must be whole numbers >= 1, got {levels}")
     if images is not None and input_data is not None:
         raise PerfError("give images or input_data, not both")
-    with tempfile.TemporaryDirectory(prefix="tritongen-pa-") as tmp:
+    with owned_temp_dir("tritongen-pa-") as tmp:
         work = (Path(work_dir) if work_dir is not None else Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         data_arg = None

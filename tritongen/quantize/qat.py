@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TritongenError
+from ..residue import die_with_parent
 from ..intake.program import load_program_desc, save_program_desc
 from ..intake.spec import QDQ_OPS, ModelSpec
 from .act_config import (
@@ -358,7 +359,7 @@ def _run_child(job_path: Path, log_path: Path, total: int | None, cwd: Path) -> 
         task = bar.add_task("quant-aware training (ACT)", total=total)
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", env=env, cwd=cwd)
+                                    errors="replace", env=env, cwd=cwd, preexec_fn=die_with_parent())
         except OSError as exc:
             raise QatError(f"cannot start the ACT process ({exc})") from None
         try:

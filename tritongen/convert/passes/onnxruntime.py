@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ...residue import owned_temp_dir
+
 
 def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers and Constant-node outputs by name."""
@@ -272,13 +274,12 @@ INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulI
 
 def fusion_report(model_path: Path) -> FusionReport:
     """Ask ONNX Runtime which ops it actually runs after graph optimization."""
-    import tempfile
-
+    
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
     total = sum(1 for n in model.graph.node if n.op_type in COMPUTE_OPS)
-    with tempfile.TemporaryDirectory() as tmp:
+    with owned_temp_dir("tritongen-ort-passes-") as tmp:  # pid-named: a SIGKILLed build's is removed later
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
