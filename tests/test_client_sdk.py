@@ -7,6 +7,7 @@ Classification runs on the session's `served_repo` (the tiny demo classifier, ma
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import json
 import os
@@ -24,7 +25,7 @@ from tritongen.client import (
     AsyncClassificationClient, AsyncDetectionClient, AsyncSegmentationClient, AsyncTritonClient, ClassificationClient,
     ClientOptions, DetectionClient, SegmentationClient, TritonClient, async_client_for, client_for, task_of,
 )
-from tritongen.client.core import merge_requests
+from tritongen.client.core import Answer, merge_requests, request_groups
 from tritongen.errors import ClientError
 
 from .conftest import REPO_ROOT, TRITONGEN, Served, free_port, run_cli, start_serve_cli, stop_serve_cli
@@ -92,6 +93,7 @@ def task_server(tmp_path_factory):
                   {"type": "Normalize", "mean": [0.45, 0.5, 0.55], "std": [0.3, 0.25, 0.2]}]
     seg = make_segmenter(root / "seg", with_argmax=True, deploy_overrides={"transforms": transforms})
     build(seg, repo, backend="python-paddle", name="seg")
+    build(make_segmenter(root / "seg_any_size", with_argmax=True), repo, name="seg_any_size")  # no resize
     served = start_serve_cli(repo, root)
     yield served
     stop_serve_cli(served)
@@ -122,7 +124,23 @@ def test_task_is_the_most_specific_fit():
     with pytest.raises(ClientError, match="not a tritongen ensemble"):
         task_of("m", ["OUTPUT0"])
     with pytest.raises(ClientError, match="different shapes"):
-        merge_requests([{"LABEL_MAP": np.zeros((2, 4, 4))}, {"LABEL_MAP": np.zeros((1, 5, 4))}])
+        merge_requests([Answer((0, 1), {"LABEL_MAP": np.zeros((2, 4, 4))}), Answer((2,), {"LABEL_MAP": np.zeros((1, 5, 4))})])
+    merged = merge_requests([Answer((1, 3), {"SCORES": np.array([[1.0], [3.0]])}), Answer((0, 2), {"SCORES": np.array([[0.0], [2.0]])})])
+    assert merged["SCORES"].ravel().tolist() == [0.0, 1.0, 2.0, 3.0]  # back in the order the images were given
+
+
+def test_requests_group_images_by_size_only_where_the_model_needs_it(photos):
+    import cv2
+
+    encoded = [p.read_bytes() for p in photos]
+    sizes = [cv2.imdecode(np.frombuffer(e, np.uint8), cv2.IMREAD_COLOR).shape[:2] for e in encoded]
+    data = [encoded[i % len(encoded)] for i in range(11)] + [b"not an image"]
+    assert request_groups(data, 4, one_size=False) == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)]
+    groups = request_groups(data, 2, one_size=True)
+    assert sorted(i for g in groups for i in g) == list(range(12)) and all(len(g) <= 2 for g in groups)
+    for group in groups:
+        assert len({sizes[i % len(photos)] if i < 11 else None for i in group}) == 1
+    assert (11,) in groups  # an unreadable image goes alone: the server says what is wrong with it
 
 
 # ----------------------------------------------------------- transports and batching
@@ -218,6 +236,28 @@ def test_shared_memory_detection_and_segmentation(task_server, photos, model, sy
     assert server_regions(url) == [] and local_regions(prefix) == []
 
 
+def test_images_of_different_sizes_for_a_segmenter_without_resize(task_server, photos):
+    """Its tensors keep each image's size, so one request cannot mix sizes: the model's config says
+    so and the SDK groups the images by size (CLI, sync, async, shared memory) — same answers as
+    one by one, in the order given."""
+    from tritonclient.grpc import InferenceServerClient
+
+    url = task_server.grpc_url
+    configs = {name: InferenceServerClient(url).get_model_config(name).config for name in ("seg_any_size", "seg", "det")}
+    assert {name: c.parameters["tritongen_image_sizes_per_request"].string_value for name, c in configs.items()} == {
+        "seg_any_size": "one", "seg": "any", "det": "any"}
+    images = [photos[i % len(photos)] for i in range(11)]  # five sizes, more than max_batch_size of some
+    with SegmentationClient("seg_any_size", url=url) as client:
+        one_by_one = summaries([client.segment([p])[0] for p in images])
+        together = summaries(client.segment(images))
+    with SegmentationClient("seg_any_size", url=url, shared_memory="system") as client:
+        shm = summaries(client.segment(images))
+    concurrent = summaries(run_async(async_run(AsyncSegmentationClient, "seg_any_size", images, url=url)))
+    assert together == shm == concurrent == one_by_one
+    cli = json.loads(run_cli("infer", "seg_any_size", *images[:5], "--url", url, "--json").stdout)
+    assert len(cli) == 5
+
+
 def test_shared_memory_is_cleaned_up_after_errors(served_repo, photos):
     url = served_repo.grpc_url
     with pytest.raises(ClientError, match="cannot decode image"):
@@ -237,6 +277,30 @@ def test_shared_memory_is_cleaned_up_after_errors(served_repo, photos):
     assert server_regions(url) == [] and local_regions(failing.prefix) == []
     with ClassificationClient("tiny_ort", url=url, shared_memory="system") as client:  # the server is fine
         assert len(client.classify(photos)) == len(photos)
+
+
+def test_timed_out_calls_leave_no_shared_memory_on_the_server(served_repo, photos):
+    """A call that times out still unregisters its regions: the unregistration has its own time
+    budget, and close() waits for the server to let go of them."""
+    url = served_repo.grpc_url
+    with ClassificationClient("tiny_ort", url=url, shared_memory="system", retries=0) as client:
+        prefix = client.shm_prefix
+        client.classify([photos[0]])  # config read, regions registered
+        client.options = dataclasses.replace(client.options, timeout=0.0001)  # every call times out from here
+        for _ in range(3):
+            with pytest.raises(ClientError, match="no answer from Triton"):
+                client.classify(photos[:3])
+
+    async def timing_out():
+        async with AsyncClassificationClient("tiny_ort", url=url, shared_memory="system", retries=0) as client:
+            timing_out.prefix = client.shm_prefix
+            await client.classify([photos[0]])
+            client.options = dataclasses.replace(client.options, timeout=0.0001)
+            await client.classify([photos[0]] * 12)
+
+    with pytest.raises(ClientError, match="no answer from Triton"):
+        run_async(timing_out())
+    assert server_regions(url) == [] and local_regions(prefix) == [] and local_regions(timing_out.prefix) == []
 
 
 # ---------------------------------------------------------------------- compression
@@ -299,8 +363,8 @@ def test_server_down_is_a_quick_client_error(photos):
     url = f"127.0.0.1:{free_port()}"
     quick = dict(url=url, timeout=5, retry_delay=0.1)
     for run, limit in (
-        # default retries: 0.5 s + 1 s of backoff
-        (lambda: ClassificationClient("tiny_ort", url=url, timeout=5).classify([photos[0]]), 3.0),
+        # default retries: 0.5 s + 1 s + 2 s of backoff
+        (lambda: ClassificationClient("tiny_ort", url=url, timeout=5).classify([photos[0]]), 5.0),
         (lambda: ClassificationClient("tiny_ort", shared_memory="system", **quick).classify([photos[0]]), 1.0),
         (lambda: client_for("tiny_ort", **quick), 1.0),
         (lambda: run_async(async_run(AsyncClassificationClient, "tiny_ort", [photos[0]], **quick)), 1.0),

@@ -6,21 +6,21 @@
 from __future__ import annotations
 
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .convert import OnnxModel, paddle_to_onnx
 from .convert.onnx import DEFAULT_OPSET
-from .convert.runtime import convert_for_runtime
-from .emit import Repository, check_name, get_backend, plan_models, write_repository
-from .emit.backends import RuntimeOptions
+from .convert.runtime import RuntimeArtifact, convert_for_runtime
+from .emit import Repository, check_name, check_output, get_backend, plan_models, remove_residue, write_repository
+from .emit.backends import Backend, RuntimeOptions
 from .emit.repository import InstanceCounts, Layout, check_layout
-from .errors import TritongenError
+from .errors import EmitError, TritongenError
 from .intake import ModelSpec, load_model, zoo
 from .intake.spec import QuantFormat
 from .quantize.config import QuantizeConfig
+from .residue import owned_temp_dir
 
 DEFAULT_BACKEND = "python-onnxruntime"
 FP16_BACKEND = "tensorrt"  # the one backend where --fp16 applies
@@ -48,6 +48,7 @@ def build(
     threads: int | None = None,
     labels: str | Path | None = None,
     min_image_side: int | None = None,
+    max_image_pixels: int | None = None,
     sha256: str | None = None,
     int8: QuantizeConfig | None = None,
     published_int8: bool = False,
@@ -67,7 +68,8 @@ def build(
 
     ``layout``: ``ensemble`` or ``fused`` (:class:`emit.repository.Layout`; None:
     ``default_layout(backend)``). ``instances``: per-step model instances (:class:`InstanceCounts`: a
-    number for every step, ``"preprocess=2,runtime=1"``, or None for this machine's defaults);
+    number for every step, ``"preprocess=2,runtime=1"``, or None for this machine's defaults: with the
+    ensemble layout and a network on this CPU, split by each step's cost measured here);
     ``threads``: CPU threads per network instance (None: derived from the instances)."""
     if backend is None:
         backend = FP16_BACKEND if fp16 else DEFAULT_BACKEND
@@ -75,10 +77,16 @@ def build(
             step(f"--fp16: building for the {FP16_BACKEND} backend, the one where FP16 applies (--backend chooses another)")
     runtime_backend = get_backend(backend)
     layout = check_layout(layout, backend)
+    measure_steps = instances is None and _measures_step_costs(layout, runtime_backend, trt_accelerator)
     instances = InstanceCounts.parse(instances, layout)
+    requested_threads = threads
     if threads is None:
         threads = instances.default_threads()
     output = Path(output)
+    check_output(output)  # before the model is read or converted: a bad path or name fails in a second
+    if name is not None:
+        check_name(name, output)
+    remove_residue(output)  # staging that builds killed in this repository left
     if fp16 and not runtime_backend.accepts_fp16:
         raise TritongenError(f"--fp16 applies to the {FP16_BACKEND} backend, not {backend}")
     if int8 is not None and published_int8:
@@ -88,7 +96,9 @@ def build(
     step(f"reading {source}")
     spec = load_model(source, name=name, labels=labels, sha256=sha256, score_threshold=score_threshold,
                       max_detections=max_detections)
-    check_name(spec.name)
+    check_name(spec.name, output)
+    if not force and (output / spec.name).exists():  # before the conversion, not after it
+        raise EmitError(f"{output} already holds {spec.name}; pass --force to replace it")
     if int8 is not None and spec.is_quantized:
         raise TritongenError(f"{spec.source_dir} is already quantized; build it without --calib-dir")
     if published_int8 and not spec.is_quantized:
@@ -99,7 +109,7 @@ def build(
     if isinstance(fp32, str):
         notes.append(fp32)
         fp32 = None
-    with tempfile.TemporaryDirectory(prefix="tritongen-build-") as tmp:
+    with owned_temp_dir("tritongen-build-") as tmp:  # pid-named: the next build removes it after a SIGKILL
         work = Path(tmp)
         arrived_as = spec.quant_format
         if spec.quant_format is QuantFormat.LEGACY:
@@ -143,9 +153,12 @@ def build(
             runtime_spec, runtime_onnx, runtime_backend.onnx_passes(options), max_batch_size=max_batch_size,
             tensorrt_plan=runtime_backend.builds_tensorrt_plan, fp16=fp16, int8=runs_int8,
         )
+        if measure_steps:
+            instances, options.threads, build_info["step_costs"] = _instances_from_step_costs(
+                runtime_spec, runtime, runtime_backend, options, instances, requested_threads, step)
         step(f"writing {backend} repository {spec.name!r} ({layout.value} layout) into {output}")
         models = plan_models(runtime_spec, backend, spec.name, runtime, max_batch_size=max_batch_size,
-                             instances=instances, min_image_side=min_image_side, build_info=build_info, options=options,
+                             instances=instances, min_image_side=min_image_side, max_image_pixels=max_image_pixels, build_info=build_info, options=options,
                              layout=layout)
         write_repository(models, output, force=force)
     notes += [note for model in models for note in model.notes]
@@ -159,6 +172,51 @@ def build(
     )
     return BuildResult(spec=runtime_spec, onnx=onnx, repository=repository, int8=artifact, notes=notes,
                        next_command=next_command)
+
+
+STEP_COST_PHOTOS = 3  # photo-like images the ensemble's step costs are measured on
+STEP_COST_PHOTO_HW = (480, 640)  # a typical camera frame (VGA); the costs depend on the image size
+
+
+def _measures_step_costs(layout: Layout, backend: Backend, trt_accelerator: str | None) -> bool:
+    """Whether the ensemble's default instances come from step costs measured here: the network
+    runs on this machine's CPU, not on a GPU (a TensorRT plan, ONNX Runtime's TensorRT provider)."""
+    return layout is Layout.ENSEMBLE and not backend.builds_tensorrt_plan and trt_accelerator is None
+
+
+def _instances_from_step_costs(spec: ModelSpec, runtime: RuntimeArtifact, backend: Backend, options: RuntimeOptions,
+                               instances: InstanceCounts, threads: int | None,
+                               step: Callable[[str], None]) -> tuple[InstanceCounts, int, dict[str, object]]:
+    """The ensemble's default instances (and threads, unless ``threads`` was given) split by what
+    decode + preprocess, the network the repository runs (one thread) and postprocess cost here on
+    photo-like camera frames; the cores-only ``instances`` when that cannot be measured. Also what
+    ``tritongen_build.json`` records of it. ``tritongen tune`` refines the counts under real load."""
+    import cv2
+
+    from .convert.onnx import synthetic_photo
+    from .measure import measure_step_costs, usable_cores
+    from .processing.runners import OnnxRuntimeRunner, PaddleInferenceRunner
+
+    cores = usable_cores()
+    try:
+        if backend.needs_onnx:
+            runner = OnnxRuntimeRunner(runtime.onnx, threads=1)
+        else:  # the Paddle program, run as emit.backends.PythonPaddle serves it
+            runner = PaddleInferenceRunner(spec.model_file, spec.params_file, threads=1, int8=options.int8,
+                                           enable_mkldnn=options.int8 or spec.runtime_options.enable_mkldnn)
+        photos = [cv2.imencode(".jpg", synthetic_photo(*STEP_COST_PHOTO_HW, seed=i))[1].tobytes()
+                  for i in range(STEP_COST_PHOTOS)]
+        costs = measure_step_costs(spec.pipeline_config(), runner, photos, kind="JPEG photos")
+    except Exception as exc:  # noqa: BLE001  (advisory: a build never fails for want of a default)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        step(f"ensemble instances from the {cores} cores only: the step costs could not be measured ({reason})")
+        return instances, instances.default_threads(cores) if threads is None else threads, {"not_measured": reason}
+    measured = InstanceCounts.parse(None, instances.layout, cores=cores, costs=costs)
+    threads = measured.default_threads(cores) if threads is None else threads
+    step(f"ensemble instances from step costs measured on {costs.images} ({costs}; {cores} cores): "
+         f"preprocess={measured['preprocess']}, runtime={measured['runtime']} x {threads} "
+         f"thread{'s' if threads > 1 else ''}, postprocess={measured['postprocess']}")
+    return measured, threads, {**costs.to_dict(), "cores": cores, "instances": measured.to_dict(), "threads": threads}
 
 
 def _published_int8(source: str | Path, step: Callable[[str], None]) -> str | Path:

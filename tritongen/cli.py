@@ -70,12 +70,16 @@ def build(
                                          "NAME_postprocess | fused: one Python model NAME (python-* backends); same "
                                          "inputs and outputs. Default: fused for the python-* backends, else ensemble."),
     instances: Optional[str] = typer.Option(None, "--instances", help="Model instances: N for every step, or STEP=N,... "
-                                            "(preprocess, runtime, postprocess; fused). Default: from this machine's cores."),
+                                            "(preprocess, runtime, postprocess; fused). Default: from this machine's cores "
+                                            "and, for the ensemble, each step's cost measured here."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per network instance "
                                           "(default: from the cores and instances)."),
     opset: int = typer.Option(13, "--opset", min=7, help="ONNX opset (raised automatically where an op needs more)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label file '<id> <name>' per line (overrides the yaml's)."),
     min_image_side: Optional[int] = typer.Option(None, "--min-image-side", min=1, help="Reject smaller images (default 8)."),
+    max_image_pixels: Optional[int] = typer.Option(None, "--max-image-pixels", min=1,
+                                                   help="Reject larger images from their header, before decoding "
+                                                        "(default 100000000)."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of a zoo archive."),
     score_threshold: Optional[float] = typer.Option(None, "--score-threshold", min=0.0, max=1.0,
                                                     help="Detection: drop boxes below this score (default: the export's draw_threshold)."),
@@ -102,12 +106,19 @@ def build(
     quantize = int8 and calib_dir is not None
     config = _quantize_config(calib_dir, method, algo, batch_size, batch_nums, skip_tensors, act_config, train_iters,
                               max_drop) if quantize else None
-    with console.status("building") as status:
+    with _UnwindOnTermination() as termination, console.status("building") as status:
+        printer = _step_printer(status)
+
+        def step(message: str) -> None:
+            termination.rearm()
+            printer(message)
+
         result = run_build(
             source, output, backend=backend, name=name, force=force, opset=opset, max_batch_size=max_batch_size,
-            instances=instances, threads=threads, labels=labels, min_image_side=min_image_side, sha256=sha256,
+            instances=instances, threads=threads, labels=labels, min_image_side=min_image_side,
+            max_image_pixels=max_image_pixels, sha256=sha256,
             int8=config, published_int8=int8 and not quantize, fp16=fp16, trt_accelerator=trt_accelerator,
-            score_threshold=score_threshold, max_detections=max_detections, step=_step_printer(status), layout=layout,
+            score_threshold=score_threshold, max_detections=max_detections, step=step, layout=layout,
         )
     repo = result.repository
     for note in (result.int8.notes if result.int8 else []) + result.spec.notes:
@@ -127,6 +138,51 @@ def build(
         out.print(f"note: {repo.backend} runs in the official tritonserver container (see docker/), not `tritongen serve`")
     if result.next_command:
         out.print(f"next: {result.next_command}", highlight=False, soft_wrap=True)
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread when the process is asked to stop (SIGTERM, SIGHUP), so that every
+    ``with`` and ``finally`` on the way out runs: temporary and staging directories are removed, a
+    half-done swap of models is undone, child processes are killed. Exit status 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal = signal.Signals(signum)
+
+
+class _UnwindOnTermination:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (once:
+    a second signal ends the process at once; the next build removes what that leaves, see
+    tritongen.residue). Importing Paddle replaces the SIGTERM handler with glog's, which dies
+    without unwinding: :meth:`rearm` (at every build step) puts this one back."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.stopped = False
+
+    def __enter__(self) -> "_UnwindOnTermination":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS
+                             if signal.getsignal(sig) is signal.SIG_DFL}  # (not under nohup)
+        self.rearm()
+        return self
+
+    def rearm(self) -> None:
+        if not self.stopped and threading.current_thread() is threading.main_thread():
+            for sig in self.previous:
+                signal.signal(sig, self._stop)
+
+    def _stop(self, signum, frame):
+        self.stopped = True
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_DFL)
+        raise Terminated(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _step_printer(status):
@@ -306,15 +362,22 @@ def serve(
     verbose: int = typer.Option(0, "--log-verbose", help="tritonserver --log-verbose level."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the server to become ready."),
     model_control: str = typer.Option("none", "--model-control",
-                                      help="none (default: load once) | poll (pick up changes on disk) | explicit "
-                                           "(load/unload through the API, e.g. for `tritongen tune`)."),
+                                      help="none (default: load once) | poll (pick up changes on disk; a model whose "
+                                           "backend process dies is not reloaded) | explicit (load/unload through the "
+                                           "API, e.g. for `tritongen tune`)."),
+    drain_timeout: float = typer.Option(30.0, "--drain-timeout", min=0.0,
+                                        help="On Ctrl-C / SIGTERM: seconds to let requests in flight finish (0: stop at once)."),
 ) -> None:
-    """Run the real tritonserver on 127.0.0.1 until Ctrl-C / SIGTERM."""
+    """Run the real tritonserver on 127.0.0.1 until Ctrl-C / SIGTERM.
+
+    A model whose backend process dies (killed, out of memory) is reloaded within seconds; on
+    Ctrl-C / SIGTERM the models clients call are unloaded first, so requests in flight finish."""
     from .serve import TritonServer
 
     stop = threading.Event()
     server = TritonServer(repository, grpc_port, http_port, metrics_port, log_file=log_file, verbose=verbose,
-                          model_control=model_control)
+                          model_control=model_control,
+                          on_fault=lambda line: console.print(f"[yellow]{line}[/]", highlight=False))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with console.status(f"starting tritonserver on {repository}"):
@@ -328,14 +391,28 @@ def serve(
         out.print(f"  log      {server.log_file}")
         if model_control != "none":
             out.print(f"  model control  {model_control}", highlight=False)
+        if server.recovers:
+            out.print("  recovery a model whose backend process dies is reloaded", highlight=False)
+        else:
+            out.print("  recovery none with --model-control poll: a model whose backend process dies fails "
+                      "until the server restarts", highlight=False)
         out.print("Ctrl-C to stop.", highlight=False)
         sys.stdout.flush()
         while not stop.wait(0.5):
             if not server.is_running():
-                raise TritongenError(f"tritonserver exited unexpectedly:\n{server.failure_summary()}")
+                raise TritongenError(f"tritonserver exited unexpectedly (code {server.process.returncode}):\n"
+                                     f"{server.failure_summary()}")
     finally:
-        code = server.stop()
-        out.print(f"tritonserver stopped (exit code {code})")
+        if stop.is_set() and server.is_running() and drain_timeout > 0 and server.recovers:
+            out.print(f"stopping: letting requests in flight finish (up to {drain_timeout:g} s)", highlight=False)
+            sys.stdout.flush()
+        code = server.stop(drain_timeout=drain_timeout if stop.is_set() else 0)
+        crashes = server.crashes
+        recovered = sum(c.recovered_at is not None for c in crashes)
+        note = f"; {len(crashes)} backend crash(es), {recovered} recovered" if crashes else ""
+        if crashes and code == -signal.SIGKILL:
+            note += ": killed, a model version that lost a backend process never finishes unloading"
+        out.print(f"tritonserver stopped (exit code {code}{note})", highlight=False)
 
 
 @app.command()
@@ -344,7 +421,8 @@ def infer(
     images: List[Path] = typer.Argument(..., help="Image files, sent in batches of at most the model's max_batch_size."),
     url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds to wait for each answer."),
-    retries: int = typer.Option(2, "--retries", min=0, help="Retries while the server is unavailable (exponential backoff)."),
+    retries: int = typer.Option(3, "--retries", min=0, help="Retries while the server is unavailable or the model "
+                                                          "is being reloaded after a crash (exponential backoff)."),
     retry_delay: float = typer.Option(0.5, "--retry-delay", min=0.0, help="Seconds before the first retry (doubled after each)."),
     shared_memory: str = typer.Option("none", "--shared-memory", help="system: images and fixed-size outputs through "
                                                                       "POSIX shared memory (server on this host) | none."),
@@ -565,6 +643,9 @@ def main() -> None:
 
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except Terminated as exc:
+        console.print(f"[red]error:[/] stopped by {exc.signal.name}", highlight=False)
+        sys.exit(exc.code)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +24,8 @@ from .shm import Region, ShmPool, Slot, input_capacity, output_layout
 from .tasks import Task
 
 ImageSource = bytes | str | Path
+CONTROL_TIMEOUT = 5.0  # at least this long for control RPCs (model config, shared memory), whatever the inference timeout
+UNREGISTER_WAIT = 10.0  # seconds close() waits for the server to finish with a region a timed-out call used
 
 
 def read_image_bytes(image: ImageSource) -> bytes:
@@ -66,6 +69,12 @@ class ClientCore:
         return self.options.timeout
 
     @property
+    def control_timeout(self) -> float:
+        """Seconds for control RPCs: a tiny inference ``timeout`` must not keep the client from
+        reading the model's config or from dropping its shared-memory regions on the server."""
+        return max(self.options.timeout, CONTROL_TIMEOUT)
+
+    @property
     def shm_prefix(self) -> str | None:
         """Name prefix of this client's shared-memory regions (``/dev/shm/<prefix>-*``)."""
         return self._shm.prefix if self._shm is not None else None
@@ -82,7 +91,8 @@ class ClientCore:
     def _model_info_plan(self) -> Plan:
         """The model's config, read once per client."""
         if self._info is None:
-            response = yield from self._rpc(f"model {self.model!r}", "get_model_config", self.model)
+            response = yield from self._rpc(f"model {self.model!r}", "get_model_config", self.model,
+                                            client_timeout=self.control_timeout)
             self._info = ModelInfo.from_config(response.config)
         return self._info
 
@@ -98,12 +108,17 @@ class ClientCore:
             raise ClientError(f"{type(self).__name__} has no task; use client_for(model) or a task client")
         info = yield from self._model_info_plan()
         outputs = self.task.outputs(self.model, info.outputs)
-        per_request = yield from self._infer_plan(images, outputs)
-        return [result for arrays in per_request for result in self.task.decode(arrays)]
+        answers = yield from self._infer_plan(images, outputs)
+        results: list = [None] * sum(len(a.images) for a in answers)
+        for answer in answers:
+            for position, result in zip(answer.images, self.task.decode(answer.outputs)):
+                results[position] = result
+        return results
 
     def _infer_plan(self, images: Sequence[ImageSource], outputs: Sequence[str]) -> Plan:
-        """``outputs`` of each request; the images are split into requests of at most
-        ``max_batch_size``, which the transport may send concurrently."""
+        """``outputs`` of each request (:class:`Answer`); the images are split into requests of at
+        most ``max_batch_size`` — of one image size each where the model needs that — which the
+        transport may send concurrently."""
         if self._closed:
             raise ClientError("the client is closed")
         if isinstance(images, (str, bytes, Path)):
@@ -117,11 +132,13 @@ class ClientCore:
         unknown = [n for n in outputs if n not in info.outputs]
         if unknown:
             raise ClientError(f"model {self.model!r} has no output {', '.join(unknown)} (outputs {list(info.outputs)})")
-        step = info.max_batch_size
-        requests = [self._request_plan(info, batch[i : i + step], list(outputs)) for i in range(0, len(batch), step)]
+        groups = request_groups(data, info.max_batch_size, info.one_size_per_request)
+        requests = [self._request_plan(info, batch[list(group)], list(outputs)) for group in groups]
         if len(requests) == 1:
-            return [(yield from requests[0])]
-        return (yield Gather(tuple(requests)))
+            arrays = [(yield from requests[0])]
+        else:
+            arrays = yield Gather(tuple(requests))
+        return [Answer(group, outputs) for group, outputs in zip(groups, arrays)]
 
     def _request_plan(self, info: ModelInfo, batch: np.ndarray, outputs: list[str]) -> Plan:
         """One inference request: IMAGE [n, 1] BYTES in, ``outputs`` back as arrays."""
@@ -197,6 +214,7 @@ class ClientCore:
             yield from self._rpc(
                 f"registering system shared memory {region.key} (shared_memory='system' needs Triton on this machine)",
                 "register_system_shared_memory", region.name, region.key, region.size, atomic=True,
+                client_timeout=self.control_timeout,
             )
         except BaseException:  # failed, timed out or cancelled: the server may have registered it all the same
             self._shm.retire_region(region)
@@ -206,14 +224,18 @@ class ClientCore:
     def _unregister_plan(self, region: Region, wait: bool = False) -> Plan:
         """Unregister, then unlink the local segment (also when the server cannot be told).
         Triton refuses while a request still uses the region (one the client gave up on):
-        then the region stays retired for later, or with ``wait`` is asked for until ``timeout``."""
+        then the region stays retired for later, or with ``wait`` is asked for until the
+        request had time to finish (at least UNREGISTER_WAIT seconds).
+
+        Its own time budget, not the inference ``timeout``: a call that timed out after 2 ms
+        must still be able to tell the server to drop its regions."""
         done = False
         try:
-            delay, deadline = 0.05, time.monotonic() + self.options.timeout
+            delay, deadline = 0.05, time.monotonic() + max(self.options.timeout, UNREGISTER_WAIT)
             while True:
                 try:
                     yield from self._rpc("unregistering shared memory", "unregister_system_shared_memory", region.name,
-                                         retry=False, atomic=True, client_timeout=min(self.options.timeout, 5.0))
+                                         retry=False, atomic=True, client_timeout=self.control_timeout)
                     break
                 except ClientError as exc:  # gone, never knew the region, or still using it
                     in_use = "in use" in str(exc)
@@ -245,15 +267,43 @@ class ClientCore:
                 self._shm.destroy_all()
 
 
-def merge_requests(per_request: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The outputs of consecutive requests as one batch."""
-    if len(per_request) == 1:
-        return per_request[0]
+@dataclass(frozen=True)
+class Answer:
+    """One request's outputs and the positions of its images in the caller's list."""
+
+    images: tuple[int, ...]
+    outputs: dict[str, np.ndarray]
+
+
+def request_groups(data: Sequence[bytes], max_batch_size: int, one_size: bool) -> list[tuple[int, ...]]:
+    """Image positions per request: consecutive runs of ``max_batch_size``; with ``one_size``,
+    first grouped by the size each image's header declares (an image whose header cannot be
+    read goes alone, and the server says what is wrong with it)."""
+    if not one_size:
+        return [tuple(range(i, min(i + max_batch_size, len(data)))) for i in range(0, len(data), max_batch_size)]
+    from ..processing.image import read_header
+
+    by_size: dict[object, list[int]] = {}
+    for position, image in enumerate(data):
+        try:
+            header = read_header(image)
+            key: object = (header.width, header.height)
+        except ValueError:
+            key = ("unreadable", position)
+        by_size.setdefault(key, []).append(position)
+    return [tuple(group[i : i + max_batch_size]) for group in by_size.values() for i in range(0, len(group), max_batch_size)]
+
+
+def merge_requests(answers: list[Answer]) -> dict[str, np.ndarray]:
+    """The outputs of the requests as one batch, in the order the images were given."""
+    if len(answers) == 1 and answers[0].images == tuple(range(len(answers[0].images))):
+        return answers[0].outputs
+    order = np.argsort(np.concatenate([np.asarray(a.images, dtype=np.int64) for a in answers]), kind="stable")
     merged = {}
-    for name in per_request[0]:
-        parts = [arrays[name] for arrays in per_request]
+    for name in answers[0].outputs:
+        parts = [a.outputs[name] for a in answers]
         if len({p.shape[1:] for p in parts}) > 1:
             raise ClientError(f"output {name} has different shapes in the requests the images were split into "
                               f"({[list(p.shape) for p in parts]}); the task methods (segment, ...) handle that")
-        merged[name] = np.concatenate(parts)
+        merged[name] = np.concatenate(parts)[order]
     return merged

@@ -27,12 +27,18 @@ class Tensor:
         return int(np.prod(self.dims, dtype=np.int64)) * np.dtype(triton_to_np_dtype(self.datatype)).itemsize
 
 
+# The config parameter tritongen writes on the model clients call (emit.repository.IMAGE_SIZES_PARAMETER):
+# "one" when a request must carry images of one size (a segmenter without resize).
+IMAGE_SIZES_PARAMETER = "tritongen_image_sizes_per_request"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     image: Tensor
     outputs: dict[str, Tensor]
     max_batch_size: int
+    one_size_per_request: bool = False  # images of different sizes go in separate requests
 
     @classmethod
     def from_config(cls, config) -> "ModelInfo":
@@ -49,4 +55,6 @@ class ModelInfo:
                               f"{[f'{t.name} {t.datatype}' for t in inputs]}); is it a tritongen ensemble?")
         if config.max_batch_size < 1:
             raise ClientError(f"model {config.name!r} has max_batch_size 0; tritongen ensembles batch images")
-        return cls(config.name, inputs[0], {t.name: t for t in map(tensor, config.output)}, int(config.max_batch_size))
+        sizes = config.parameters[IMAGE_SIZES_PARAMETER].string_value if IMAGE_SIZES_PARAMETER in config.parameters else ""
+        return cls(config.name, inputs[0], {t.name: t for t in map(tensor, config.output)}, int(config.max_batch_size),
+                   one_size_per_request=sizes == "one")

@@ -27,9 +27,13 @@ _KEEPALIVE = {
 class ClientOptions:
     """Connection settings shared by the sync and asyncio clients.
 
-    ``timeout`` bounds every RPC (seconds). A call the server answers with UNAVAILABLE (not
-    up yet, restarting, unreachable) is tried again ``retries`` times, ``retry_delay`` seconds
-    after the first failure and twice as long after each next one; no other error is retried.
+    ``timeout`` bounds every inference and health RPC (seconds); reading the model's config and
+    (un)registering shared memory get at least 5 s, so a call that timed out can still clean up
+    its regions on the server. A call the server answers with UNAVAILABLE (not
+    up yet, restarting, unreachable) or with what a model being reloaded after its backend
+    process died answers (``plans._model_recovering``) is tried again ``retries`` times,
+    ``retry_delay`` seconds after the first failure and twice as long after each next one; no
+    other error is retried.
     ``compression`` compresses requests (``gzip``/``deflate``). TLS is on with ``ssl=True`` or
     any of the PEM files (paths). ``shared_memory="system"`` moves the images and the
     fixed-size outputs through POSIX shared memory (server on this host only).
@@ -38,7 +42,7 @@ class ClientOptions:
 
     url: str = DEFAULT_URL
     timeout: float = 30.0
-    retries: int = 2
+    retries: int = 3  # 0.5 + 1 + 2 s: a model reloaded after a crash answers again within them
     retry_delay: float = 0.5
     compression: str = "none"
     shared_memory: str = "none"

@@ -62,6 +62,16 @@ def rpc(options: ClientOptions, what: str, method: str, *args, retry: bool = Tru
         yield Sleep(delay)
 
 
+def _model_recovering(status: str, lowered_message: str) -> bool:
+    """What Triton answers while `tritongen serve` reloads a model whose backend process died
+    (measured on 2.51): INTERNAL "Stub process '...' is not healthy" until the watchdog notices,
+    then NOT_FOUND "... has no available versions" while it unloads and loads the model. Both pass
+    within seconds; a model that does not exist ("... is not found") is not retried."""
+    if status == "INTERNAL":
+        return "stub process" in lowered_message and "not healthy" in lowered_message
+    return status == "NOT_FOUND" and "has no available versions" in lowered_message
+
+
 def translate(exc: Exception, what: str, options: ClientOptions) -> tuple[ClientError, bool]:
     """A ClientError with the server's message, and whether trying again may help."""
     from tritonclient.utils import InferenceServerException
@@ -80,6 +90,8 @@ def translate(exc: Exception, what: str, options: ClientOptions) -> tuple[Client
         return ClientError(f"cannot reach Triton at {options.url}: is the server running? ({message})"), True
     if status == "UNAVAILABLE":
         return ClientError(f"{what}: Triton at {options.url} is unavailable ({message})"), True
+    if _model_recovering(status, lowered):
+        return ClientError(f"{what}: the model is being reloaded after its backend process died ({message})"), True
     if status == "DEADLINE_EXCEEDED":
         return ClientError(f"{what}: no answer from Triton at {options.url} within {options.timeout:g}s"), False
     return ClientError(f"{what}: {message}"), False

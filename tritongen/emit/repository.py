@@ -6,14 +6,17 @@
 
 Everything is rendered and proto-validated in memory first, written into a staging
 directory inside the output, and only then renamed into place, so a failure leaves the
-repository as it was.
+repository as it was (a build killed while renaming: undone by the next, see :func:`write_repository`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
 import shutil
-import uuid
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,9 +29,10 @@ from .. import __version__
 from ..convert.runtime import RuntimeArtifact
 from ..errors import EmitError
 from ..intake.spec import ModelSpec
-from ..measure import usable_cores
+from ..measure import StepCosts, usable_cores
 from ..processing.pipeline import PIPELINE_FILE, PipelineConfig
 from ..registry import Registry
+from ..residue import owned_dir, remove_stale
 from .backends import BACKENDS, Backend, RuntimeFiles, RuntimeOptions, get_backend
 from .pbtxt import NUMPY_TO_TRITON, parse_config, render_config, template_path
 
@@ -92,11 +96,11 @@ class LayoutPlanner(ABC):
         """Raise EmitError when ``backend`` cannot be served in this layout."""
 
     @abstractmethod
-    def default_instances(self, cores: int) -> dict[str, int]:
-        """Instances per step on a machine with ``cores`` cores."""
+    def default_instances(self, cores: int, costs: StepCosts | None = None) -> dict[str, int]:
+        """Instances per step on a machine with ``cores`` cores (``costs``: what each step measured there)."""
 
     @abstractmethod
-    def default_threads(self, counts: dict[str, int], cores: int) -> int:
+    def default_threads(self, counts: dict[str, int], cores: int, costs: StepCosts | None = None) -> int:
         """CPU threads per network instance."""
 
     @abstractmethod
@@ -132,9 +136,13 @@ class InstanceCounts:
     Defaults come from the machine that builds (``cores`` = the CPUs this process may use,
     ``os.cpu_count()`` without an affinity mask) — build on the serving machine or pass counts:
 
-    * ensemble: preprocess = max(1, cores // 2) (decoding + resizing is the slow step),
+    * ensemble with ``costs`` (:class:`measure.StepCosts`, what one image costs in each step here;
+      ``tritongen build`` measures them when the network runs on this CPU): the cores are split in
+      proportion to the costs (:func:`split_cores`): preprocess and postprocess get round(cores x
+      their share) instances, at least 1; runtime = 1 instance with the cores left over as threads;
+    * ensemble without costs: preprocess = max(1, cores // 2) (decoding + resizing is the slow step),
       runtime = 1, postprocess = 1; each runtime instance gets max(1, (cores - preprocess) //
-      runtime) threads (``--threads`` overrides), so the steps together fill the cores;
+      runtime) threads. ``--threads`` overrides the threads either way, so the steps together fill the cores;
     * fused: fused = cores, each running the network on max(1, cores // fused) threads (1 with
       the default): every core decodes, preprocesses and runs the network of its own batch.
       (Measured on 2 shared cores, demo classifier: 2 instances x 1 thread served about twice
@@ -145,6 +153,7 @@ class InstanceCounts:
 
     layout: Layout
     counts: dict[str, int]
+    costs: StepCosts | None = None  # the measured step costs the defaults (and threads) were split by
 
     def __post_init__(self) -> None:
         steps = get_layout(self.layout).steps
@@ -163,31 +172,32 @@ class InstanceCounts:
         return self.counts[step]
 
     @classmethod
-    def default(cls, layout: Layout | str | None = None, cores: int | None = None) -> "InstanceCounts":
+    def default(cls, layout: Layout | str | None = None, cores: int | None = None,
+                costs: StepCosts | None = None) -> "InstanceCounts":
         planner = get_layout(layout)
-        return cls(planner.layout, planner.default_instances(cores or usable_cores()))
+        return cls(planner.layout, planner.default_instances(cores or usable_cores(), costs), costs)
 
     @classmethod
     def parse(cls, value: "InstanceCounts | int | str | None", layout: Layout | str | None = None,
-              cores: int | None = None) -> "InstanceCounts":
+              cores: int | None = None, costs: StepCosts | None = None) -> "InstanceCounts":
         """``None`` (the defaults), ``2`` / ``"2"`` (every step), or ``"preprocess=2,runtime=1"``
-        (the steps named; the others keep their defaults)."""
+        (the steps named; the others keep their defaults, split by ``costs`` when given)."""
         planner = get_layout(layout)
         if isinstance(value, InstanceCounts):
             if value.layout is not planner.layout:
                 raise EmitError(f"--instances: counts for the {value.layout.value} layout given to the "
                                 f"{planner.layout.value} layout")
             return value
-        counts = planner.default_instances(cores or usable_cores())
+        counts = planner.default_instances(cores or usable_cores(), costs)
         if value is None or (isinstance(value, str) and not value.strip()):
-            return cls(planner.layout, counts)
+            return cls(planner.layout, counts, costs)
         if isinstance(value, int) and not isinstance(value, bool):
-            return cls(planner.layout, {step: value for step in planner.steps})
+            return cls(planner.layout, {step: value for step in planner.steps}, costs)
         text = str(value).strip()
         usage = (f"give a number (every step) or STEP=N[,STEP=N...] with the {planner.layout.value} layout's steps "
                  f"{', '.join(planner.steps)}")
         if "=" not in text:
-            return cls(planner.layout, {step: _count(text, text, usage) for step in planner.steps})
+            return cls(planner.layout, {step: _count(text, text, usage) for step in planner.steps}, costs)
         seen: set[str] = set()
         for item in text.split(","):
             step, eq, number = (part.strip() for part in item.partition("="))
@@ -200,14 +210,34 @@ class InstanceCounts:
                 raise EmitError(f"--instances {text!r} names {step} twice")
             seen.add(step)
             counts[step] = _count(number, item.strip(), usage)
-        return cls(planner.layout, counts)
+        return cls(planner.layout, counts, costs)
 
     def default_threads(self, cores: int | None = None) -> int:
         """Threads per network instance when ``--threads`` is not given."""
-        return get_layout(self.layout).default_threads(self.counts, cores or usable_cores())
+        return get_layout(self.layout).default_threads(self.counts, cores or usable_cores(), self.costs)
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.counts)
+
+
+def split_cores(cores: int, costs: StepCosts) -> dict[str, int]:
+    """Ensemble instances in proportion to what one image costs in each step: preprocess and
+    postprocess get round(cores x their share of the cost) (halves up), clamped to [1, cores]; the
+    runtime 1 instance, whose threads take the cores left over (:func:`runtime_threads`).
+
+    E.g. 8 cores, preprocess 1.4 ms, runtime 3.5 ms, postprocess 0.1 ms: preprocess 2, runtime 1
+    with 6 threads, postprocess 1; 2 cores, 12 / 2 / 1 ms: preprocess 2, runtime 1 x 1, postprocess 1."""
+    def instances(step: str) -> int:
+        return min(cores, max(1, math.floor(cores * costs.share(step) + 0.5)))
+
+    return {"preprocess": instances("preprocess"), "runtime": 1, "postprocess": instances("postprocess")}
+
+
+def runtime_threads(counts: dict[str, int], cores: int, costs: StepCosts) -> int:
+    """Threads per runtime instance: the cores preprocessing's instances and postprocessing's share
+    of the cost leave over (an idle postprocess instance takes no core), at least 1, rounded (halves up)."""
+    left = cores - counts["preprocess"] - cores * costs.share("postprocess")
+    return max(1, math.floor(left / counts["runtime"] + 0.5))
 
 
 def _count(number: str, shown: str, usage: str) -> int:
@@ -218,6 +248,29 @@ def _count(number: str, shown: str, usage: str) -> int:
     if count < 1:
         raise EmitError(f"--instances {shown!r}: instance counts must be whole numbers >= 1")
     return count
+
+
+# The client-facing model's config parameter saying whether one request may carry images of
+# different sizes (read by tritongen.client.model.ModelInfo).
+IMAGE_SIZES_PARAMETER = "tritongen_image_sizes_per_request"
+IMAGE_SIZES_ANY, IMAGE_SIZES_ONE = "any", "one"
+
+
+def stacks_mixed_sizes(pipeline: PipelineConfig) -> bool:
+    """Whether images of different sizes can share a request: the preprocessing ends in a fixed
+    size (tried on two differently shaped images) or the family pads a batch to its largest
+    image. A segmenter without a resize cannot: its tensors keep each image's size."""
+    import cv2
+
+    from ..processing.errors import PreprocessError
+    from ..processing.pipeline import Preprocessor
+
+    preprocess = Preprocessor(pipeline)
+    try:
+        preprocess([cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))[1].tobytes() for h, w in ((480, 640), (333, 250))])
+    except PreprocessError:
+        return False
+    return True
 
 
 @dataclass
@@ -249,6 +302,13 @@ class _Plan:
     def pipeline_files(self) -> dict[str, str]:
         return {"1/" + PIPELINE_FILE: self.pipeline.to_json()}
 
+    @property
+    def client_parameters(self) -> dict[str, str]:
+        """What the model clients call tells them in its config: whether one request may carry
+        images of different sizes (the SDK groups images by size when it may not)."""
+        mixed = IMAGE_SIZES_ANY if stacks_mixed_sizes(self.pipeline) else IMAGE_SIZES_ONE
+        return {IMAGE_SIZES_PARAMETER: mixed}
+
     def runtime_files(self, model_name: str) -> RuntimeFiles:
         self.options.model_name = model_name
         return self.backend.runtime(self.spec, self.runtime, self.options)
@@ -259,10 +319,14 @@ class EnsembleLayout(LayoutPlanner):
     layout = Layout.ENSEMBLE
     steps = ("preprocess", "runtime", "postprocess")
 
-    def default_instances(self, cores: int) -> dict[str, int]:
+    def default_instances(self, cores: int, costs: StepCosts | None = None) -> dict[str, int]:
+        if costs is not None:
+            return split_cores(cores, costs)
         return {"preprocess": max(1, cores // 2), "runtime": 1, "postprocess": 1}
 
-    def default_threads(self, counts: dict[str, int], cores: int) -> int:
+    def default_threads(self, counts: dict[str, int], cores: int, costs: StepCosts | None = None) -> int:
+        if costs is not None:
+            return runtime_threads(counts, cores, costs)
         return max(1, (cores - counts["preprocess"]) // counts["runtime"])
 
     def models(self, plan: _Plan) -> list[ModelDir]:
@@ -318,7 +382,7 @@ class EnsembleLayout(LayoutPlanner):
             ModelDir(
                 plan.name,
                 render_config("ensemble/config.pbtxt.j2", name=plan.name, max_batch_size=plan.max_batch_size,
-                              inputs=[image], outputs=plan.results, steps=steps),
+                              inputs=[image], outputs=plan.results, steps=steps, parameters=plan.client_parameters),
                 {"1/.keep": ""},
             )
         )
@@ -336,10 +400,10 @@ class FusedLayout(LayoutPlanner):
             raise EmitError(f"--layout fused runs the network inside one Python model, which --backend {backend_name} "
                             f"cannot do; use --backend {fused.replace(', ', ' or ')}, or --layout ensemble")
 
-    def default_instances(self, cores: int) -> dict[str, int]:
-        return {"fused": cores}
+    def default_instances(self, cores: int, costs: StepCosts | None = None) -> dict[str, int]:
+        return {"fused": cores}  # one model runs every step: step costs do not split it
 
-    def default_threads(self, counts: dict[str, int], cores: int) -> int:
+    def default_threads(self, counts: dict[str, int], cores: int, costs: StepCosts | None = None) -> int:
         return max(1, cores // counts["fused"])
 
     def models(self, plan: _Plan) -> list[ModelDir]:
@@ -348,7 +412,7 @@ class FusedLayout(LayoutPlanner):
         config = render_config(
             "model/config.pbtxt.j2", name=plan.name, inputs=[plan.image], outputs=plan.results,
             instance_count=plan.instances["fused"], instance_kind="KIND_CPU", dynamic_batching=True,
-            **{**plan.common, "parameters": files.parameters, "warmup": warmup},
+            **{**plan.common, "parameters": {**files.parameters, **plan.client_parameters}, "warmup": warmup},
         )
         return [
             ModelDir(
@@ -399,7 +463,11 @@ def _image_warmup(spec: ModelSpec, pipeline: PipelineConfig) -> tuple[list[dict[
     shape = spec.preprocessed_shape
     h, w = (shape[-2], shape[-1]) if len(shape) >= 2 and min(shape[-2:]) > 0 else (64, 64)
     side = max(pipeline.min_image_side, 1)
-    ok, png = cv2.imencode(".png", np.full((max(h, side), max(w, side), 3), 127, np.uint8))
+    h, w = max(h, side), max(w, side)
+    if h * w > pipeline.max_image_pixels:
+        raise EmitError(f"--max-image-pixels {pipeline.max_image_pixels} is below the network's own input size "
+                        f"({w}x{h} = {w * h} pixels); images that small could not be served")
+    ok, png = cv2.imencode(".png", np.full((h, w, 3), 127, np.uint8))
     if not ok:
         raise EmitError("cannot encode the warmup image (OpenCV)")
     data = png.tobytes()
@@ -426,6 +494,7 @@ def plan_models(
     max_batch_size: int = 8,
     instances: InstanceCounts | int | str | None = None,
     min_image_side: int | None = None,
+    max_image_pixels: int | None = None,
     build_info: dict[str, Any] | None = None,
     options: RuntimeOptions | None = None,
     layout: Layout | str | None = None,
@@ -447,7 +516,7 @@ def plan_models(
         raise EmitError("max_batch_size must be >= 1")
     if options.trt_accelerator is not None and not backend.accepts_trt_accelerator:
         raise EmitError(f"the TensorRT accelerator option applies to --backend onnxruntime, not {backend_name}")
-    pipeline = spec.pipeline_config(min_image_side)
+    pipeline = spec.pipeline_config(min_image_side, max_image_pixels)
     declared = {t.name: t for t in spec.inputs}
     plan = _Plan(
         spec=spec, backend=backend, backend_name=backend_name, name=name, max_batch_size=max_batch_size,
@@ -490,51 +559,165 @@ def _processing_package() -> Path:
     return Path(__file__).resolve().parents[1] / "processing"
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, output: Path | None = None) -> None:
+    """A model name Triton and the filesystem of ``output`` (None: the current directory) take: the
+    characters of :data:`_NAME_RE`, short enough for every directory name a layout derives from it
+    (``NAME_postprocess``) to fit the filesystem's NAME_MAX."""
     if not _NAME_RE.match(name):
-        raise EmitError(f"model name {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+        raise EmitError(f"model name {name[:64]!r}{'...' if len(name) > 64 else ''}: use letters, digits, '_', '-', "
+                        "'.' (starting with a letter or digit)")
+    suffix = max(len(f"_{step}") for planner in LAYOUTS.values() for step in planner.steps)
+    limit = _name_max(Path(output if output is not None else ".")) - suffix
+    if len(name) > limit:
+        raise EmitError(f"model name {name[:32]!r}... is {len(name)} characters: at most {limit} fit, with the "
+                        f"'_postprocess'-style suffixes of the composing models, in a directory name here; "
+                        "give a shorter --name")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (what a mkdir -p of ``path`` starts from)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _name_max(path: Path) -> int:
+    try:
+        return os.pathconf(_nearest_existing(path), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_output(output: Path) -> None:
+    """Raise EmitError unless ``output`` can become a model repository: an existing directory or a
+    path that can be made, on a filesystem where files can be written (tried: a probe file is made
+    and removed in ``output`` or its nearest existing parent). Cheap: for before any conversion."""
+    try:
+        if output.exists() and not output.is_dir():
+            raise EmitError(f"cannot write the repository at {output}: it is a file, not a directory")
+        base = _nearest_existing(output)
+        if not base.is_dir():
+            raise EmitError(f"cannot write the repository at {output}: {base} is a file, not a directory")
+    except OSError as exc:
+        raise EmitError(f"cannot write the repository at {output}: {exc.strerror or exc}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tritongen-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EmitError(f"cannot write the repository at {output}: no file can be made in {base} "
+                        f"({exc.strerror or exc})") from None
+
+
+STAGING_PREFIX = ".tritongen-staging-"  # + owner tag (tritongen.residue): where write_repository stages
+STAGING_UNNAMED_AGE = 3600  # a staging dir without an owner tag (tritongen < this version) this old is abandoned
+SWAP_FILE = "swap.json"  # in a staging dir while its models are being renamed into the repository
+
+
+def remove_residue(output: Path) -> list[Path]:
+    """Remove the staging directories killed builds left in the repository ``output`` (their owner
+    process is gone), first undoing the renames of one killed while it swapped models in; the ones removed."""
+    if not output.is_dir():
+        return []
+    return remove_stale(output, STAGING_PREFIX, STAGING_UNNAMED_AGE, remove=lambda staging: _discard(staging, output))
 
 
 def write_repository(models: list[ModelDir], output: Path, force: bool = False) -> None:
-    """Stage every model directory, then rename them into ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    existing = [m.name for m in models if (output / m.name).exists()]
-    if existing and not force:
-        raise EmitError(f"{output} already holds {', '.join(existing)}; pass --force to replace them")
-    staging = output / f".tritongen-staging-{uuid.uuid4().hex[:8]}"
+    """Stage every model directory in ``output``, then rename them into place.
+
+    Consistency, for a build that fails or is killed at any moment: everything is written into
+    ``output/.tritongen-staging-<owner>/new/`` first. Then ``swap.json`` (the renames to come) is
+    written and the models are renamed into place, the composing models first and the model
+    clients call (the last of ``models``) after them, each replaced model moved aside into
+    ``old/`` just before its new version takes its name; composing models of a replaced build that
+    the new one lacks go last (a layout change), so the old client-facing model never points at a
+    model that is gone. An exception (SIGTERM through the CLI) renames everything back; a build
+    killed by SIGKILL is undone by the next build's :func:`remove_residue`, which finds ``swap.json``
+    in the staging of a dead owner. What the repository may hold between the two (a window of a
+    few renames): the new composing models under the old client-facing model, or one model
+    directory missing between its move aside and its new version's rename."""
     try:
-        for model in models:
-            root = staging / model.name
-            root.mkdir(parents=True)
-            (root / "config.pbtxt").write_text(model.config_text, encoding="utf-8")
-            for rel, source in model.files.items():
-                dest = root / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(source, Path):
-                    if source.is_dir():
-                        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-                    else:
-                        shutil.copyfile(source, dest)
-                elif isinstance(source, bytes):
-                    dest.write_bytes(source)
-                else:
-                    dest.write_text(source, encoding="utf-8")
-                if rel in model.executable:
-                    dest.chmod(0o755)
-        trash = staging / ".replaced"
-        for stale in _stale_composing_models(models, output):  # e.g. an ensemble rebuilt as --layout fused
-            trash.mkdir(exist_ok=True)
-            (output / stale).rename(trash / stale)
-        for model in models:
-            target = output / model.name
-            if target.exists():
-                trash.mkdir(exist_ok=True)
-                target.rename(trash / model.name)
-            (staging / model.name).rename(target)
+        output.mkdir(parents=True, exist_ok=True)
+        remove_residue(output)
+        existing = [m.name for m in models if (output / m.name).exists()]
+        if existing and not force:
+            raise EmitError(f"{output} already holds {', '.join(existing)}; pass --force to replace them")
+        staging = owned_dir(output, STAGING_PREFIX)
     except OSError as exc:
         raise EmitError(f"cannot write the repository at {output}: {exc}") from None
+    try:
+        for model in models:
+            _stage(model, staging / "new" / model.name)
+        (staging / "old").mkdir()
+        swap = {"models": [m.name for m in models], "stale": _stale_composing_models(models, output)}
+        (staging / f"{SWAP_FILE}.tmp").write_text(json.dumps(swap), encoding="utf-8")
+        os.replace(staging / f"{SWAP_FILE}.tmp", staging / SWAP_FILE)  # from here on, undone unless completed
+        for name in swap["models"]:
+            target = output / name
+            if target.exists() or target.is_symlink():
+                target.rename(staging / "old" / name)
+            (staging / "new" / name).rename(target)
+        for name in swap["stale"]:
+            (output / name).rename(staging / "old" / name)
+        (staging / SWAP_FILE).unlink()  # done: the staging holds only the replaced models now
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # what cannot be undone now, the next build's remove_residue undoes
+            _undo_swap(staging, output)
+        if isinstance(exc, OSError):
+            raise EmitError(f"cannot write the repository at {output}: {exc}") from None
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (staging / SWAP_FILE).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(model: ModelDir, root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "config.pbtxt").write_text(model.config_text, encoding="utf-8")
+    for rel, source in model.files.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, Path):
+            if source.is_dir():
+                shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copyfile(source, dest)
+        elif isinstance(source, bytes):
+            dest.write_bytes(source)
+        else:
+            dest.write_text(source, encoding="utf-8")
+        if rel in model.executable:
+            dest.chmod(0o755)
+
+
+def _undo_swap(staging: Path, output: Path) -> None:
+    """Undo the renames ``staging/swap.json`` lists, in reverse order: each model renamed into
+    ``output`` goes back to ``staging/new``, each one moved aside returns. Nothing without swap.json."""
+    try:
+        swap = json.loads((staging / SWAP_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except ValueError:  # written through a rename, so never partly; someone else's file
+        swap = {}
+    new, old = staging / "new", staging / "old"
+    names = [str(n) for n in swap.get("models", []) if _NAME_RE.match(str(n))]
+    stale = [str(n) for n in swap.get("stale", []) if _NAME_RE.match(str(n))]
+    for name in reversed(stale):
+        if (old / name).exists() and not (output / name).exists():
+            (old / name).rename(output / name)
+    for name in reversed(names):
+        if not (new / name).exists() and (output / name).exists():  # renamed in: take it back out
+            (output / name).rename(new / name)
+        if (old / name).exists() and not (output / name).exists():
+            (old / name).rename(output / name)
+    (staging / SWAP_FILE).unlink()
+
+
+def _discard(staging: Path, output: Path) -> None:
+    """Remove a dead build's staging directory, first undoing its half-done swap."""
+    _undo_swap(staging, output)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _stale_composing_models(models: list[ModelDir], output: Path) -> list[str]:
