@@ -473,10 +473,16 @@ def _write_image(path: Path, image) -> None:
         raise TritongenError(f"cannot write {path} (use a .png or .jpg name in an existing directory)")
 
 
+DEFAULT_PERF_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # Triton's default ports, per protocol
+
+
 @app.command()
 def perf(
     model: str = typer.Argument(..., help="Model (or ensemble) to measure."),
-    url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
+    protocol: str = typer.Option("http", "--protocol", "-i", help="http (KServe v2 REST with binary tensors; "
+                                 "perf_analyzer's default too) | grpc."),
+    url: Optional[str] = typer.Option(None, "--url", "-u", help="Triton endpoint HOST:PORT of that protocol "
+                                      "(default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch items per request."),
     concurrency_range: Optional[str] = typer.Option(None, "--concurrency-range",
                                                     help="Closed loop: start:end:step outstanding requests (default 1)."),
@@ -529,8 +535,11 @@ def perf(
                           f"{event['throughput']:.1f} infer/s · {event['latency_us'] / 1000:.2f} ms · "
                           f"client CPU {event['cpu_pct']:.0f}%" + (" · stable" if event["stable"] else ""))
 
+        protocol = protocol.lower()
+        url = url or DEFAULT_PERF_URLS.get(protocol, "")
         run = run_perf(model, url, settings, input_data=input_data, shapes=parse_shapes(shape), images=images,
-                       workers=workers, compression=None if compression == "none" else compression, on_window=on_window)
+                       workers=workers, compression=None if compression == "none" else compression, on_window=on_window,
+                       protocol=protocol)
     print(report.settings_text(settings, run.workers))
     for result in run.results:
         print(report.level_text(result))

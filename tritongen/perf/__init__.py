@@ -67,14 +67,16 @@ def default_workers(settings: PerfSettings) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(needed), int(peak) if settings.mode == "concurrency" else 10**6))
 
 
-def _connect(url: str, model: str, timeout_s: float):
-    import tritonclient.grpc as grpcclient
+def _connect(url: str, model: str, timeout_s: float, protocol: str = "grpc"):
     from tritonclient.utils import InferenceServerException
 
+    from .engines import ENGINES
+
+    engine = ENGINES.lookup(protocol, PerfError)
     try:
-        client = grpcclient.InferenceServerClient(url=url)
+        client = engine.control_client(url, timeout_s)
     except Exception as exc:  # malformed URL
-        raise PerfError(f"cannot create a gRPC client for {url!r}: {exc}") from None
+        raise PerfError(f"cannot create a {protocol} client for {url!r}: {exc}") from None
     try:
         if not client.is_server_live(client_timeout=timeout_s):
             raise PerfError(f"Triton at {url} is not live")
@@ -91,6 +93,10 @@ def _connect(url: str, model: str, timeout_s: float):
     except PerfError:
         client.close()
         raise
+    except Exception as exc:  # the HTTP client's connection errors
+        client.close()
+        raise PerfError(f"cannot reach Triton at {url} over {protocol}: is the server running, and is this its "
+                        f"{protocol} port? ({exc})") from None
 
 
 def run_perf(
@@ -103,12 +109,15 @@ def run_perf(
     workers: int | None = None,
     compression: str | None = None,
     on_window: Callable[[dict[str, Any]], None] = lambda event: None,
+    protocol: str = "grpc",
 ) -> PerfRun:
+    """``protocol``: ``grpc`` or ``http`` (KServe v2 REST with binary tensors), for the load and the
+    control calls alike; ``url`` is that protocol's HOST:PORT."""
     settings = settings or PerfSettings()
     settings.validate()
     if compression not in (None, "gzip", "deflate"):
         raise PerfError(f"--compression {compression!r}: choose none, gzip or deflate")
-    client = _connect(url, model, settings.timeout_s)
+    client = _connect(url, model, settings.timeout_s, protocol)
     try:
         from tritonclient.utils import InferenceServerException
 
@@ -120,7 +129,7 @@ def run_perf(
         n_workers = workers or default_workers(settings)
         spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version="", requests=requests,
                           datatypes={t.name: t.datatype for t in info.inputs}, outputs=[t.name for t in info.outputs],
-                          timeout_s=settings.timeout_s, compression=compression)
+                          timeout_s=settings.timeout_s, compression=compression, protocol=protocol)
         with LoadManager(spec, n_workers) as manager:
             profiler = Profiler(settings, info, manager, client, on_window)
             results = profiler.sweep()

@@ -1,4 +1,5 @@
-"""A load-generating process: callback-driven gRPC (``tritonclient.grpc`` ``async_infer``).
+"""A load-generating process: callback-driven sends through a protocol engine (``perf/engines.py``:
+gRPC or HTTP, each request's bytes built once).
 
 The parent (perf.load.LoadManager) starts several of these so that Python is not the
 bottleneck, and talks to each over a local socket:
@@ -13,11 +14,11 @@ bottleneck, and talks to each over a local socket:
     process's CPU time since the last collect (its own overhead).
 ``("stop", None)``
 
-Why callbacks and not asyncio: gRPC completes requests on its own threads; sending the next
-request from the completion callback costs no event-loop round trip, which measured faster
-than ``tritonclient.grpc.aio`` on the same machine (benchmarks/perf_client.py).
-Request inputs are built once (perf_analyzer prepares its data up front as well); the
-per-request marshalling into a protobuf is what "Client Send" measures.
+Why callbacks and not asyncio: the engines complete requests on their own threads; sending the
+next request from the completion callback costs no event-loop round trip, which measured faster
+than ``tritonclient.grpc.aio`` on the same machine (benchmarks/perf_client.py). Request bytes are
+built once (perf_analyzer prepares its data up front as well): "Client Send" is the time the
+send call takes, "Client Recv" the unmarshalling of the answer.
 
 Timestamps are ``time.monotonic_ns()``: CLOCK_MONOTONIC, one clock for every process.
 """
@@ -51,6 +52,7 @@ class WorkerSpec:
     timeout_s: float
     compression: str | None = None
     seed: int = 0
+    protocol: str = "grpc"  # a key of perf.engines.ENGINES
 
 
 AUTHKEY_ENV = "TRITONGEN_PERF_AUTHKEY"
@@ -76,22 +78,12 @@ def main() -> None:
 
 class _Worker:
     def __init__(self, conn, spec: WorkerSpec):
-        import tritonclient.grpc as grpcclient
+        from .engines import ENGINES
 
         self.conn, self.spec = conn, spec
-        self.client = grpcclient.InferenceServerClient(spec.url)
-        self.inputs = []
-        for data in spec.requests:
-            tensors = []
-            for name, array in data.items():
-                tensor = grpcclient.InferInput(name, list(array.shape), spec.datatypes[name])
-                tensor.set_data_from_numpy(array)
-                tensors.append(tensor)
-            self.inputs.append(tensors)
-        self.outputs = [grpcclient.InferRequestedOutput(name) for name in spec.outputs]
-        # tritonclient keeps the last call on the client object while it attaches the callback:
-        # sends from several threads (scheduler, completion callbacks) must not interleave.
-        # Reentrant: a completion callback may run inside async_infer when the answer is already there.
+        self.engine = ENGINES.lookup(spec.protocol)(spec)
+        # Sends come from several threads (scheduler, completion callbacks): the counters must not
+        # interleave. Reentrant: a completion callback may run inside send when the answer is already there.
         self.send_lock = threading.RLock()
         self.records: list[tuple[int, int, int, int, int, int]] = []
         self.errors: list[str] = []
@@ -119,7 +111,7 @@ class _Worker:
             deadline = time.monotonic() + min(self.spec.timeout_s, STOP_WAIT_S)
             while self.outstanding > 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            self.client.close()
+            self.engine.close()
             try:
                 self.conn.send(("stopped", None))
             except OSError:
@@ -171,39 +163,26 @@ class _Worker:
 
     # ------------------------------------------------------------------- one request
     def _send(self, generation: int, chained: bool, delayed: bool = False) -> None:
-        from tritonclient.utils import InferenceServerException
-
         with self.send_lock:
-            inputs = self.inputs[self.next_request % len(self.inputs)]
+            index = self.next_request % len(self.spec.requests)
             self.next_request += self.spec.workers
             self.outstanding += 1
             self.sent += 1
             timing = {"start": time.monotonic_ns()}
 
-            def done(result, error) -> None:
-                self._done(timing, result, error, generation, chained, delayed)
+            def done(answered: int, parsed: int, error: str | None) -> None:
+                self._done(timing, answered, parsed, error, generation, chained, delayed)
 
-            try:
-                self.client.async_infer(
-                    self.spec.model, inputs, done, model_version=self.spec.version, outputs=self.outputs,
-                    client_timeout=self.spec.timeout_s, compression_algorithm=self.spec.compression,
-                )
-            except InferenceServerException as exc:  # refused before sending (e.g. a closed channel)
-                self.outstanding -= 1
-                self._error(exc)
-                return
+            self.engine.send(index, done)
             timing.setdefault("sent", time.monotonic_ns())
 
-    def _done(self, timing: dict[str, int], result, error, generation: int, chained: bool, delayed: bool) -> None:
-        answered = time.monotonic_ns()
-        sent = timing.setdefault("sent", answered)  # the answer can beat the return of async_infer
+    def _done(self, timing: dict[str, int], answered: int, parsed: int, error: str | None, generation: int,
+              chained: bool, delayed: bool) -> None:
+        sent = timing.setdefault("sent", answered)  # the answer can beat the return of send
         record = None
         if error is None:
-            for name in self.spec.outputs:
-                result.as_numpy(name)
-            end = time.monotonic_ns()
             start = timing["start"]
-            record = (start, end, sent - start, end - answered, max(answered - sent, 0), int(delayed))
+            record = (start, parsed, sent - start, parsed - answered, max(answered - sent, 0), int(delayed))
         with self.send_lock:
             self.outstanding -= 1
             if record is not None:
@@ -215,10 +194,10 @@ class _Worker:
                 time.sleep(0.01)  # a failing server must not turn into a busy loop
             self._send(generation, chained=True)
 
-    def _error(self, exc) -> None:
+    def _error(self, message: str) -> None:
         self.error_count += 1
         if len(self.errors) < 5:
-            self.errors.append(f"{exc.status() or 'error'}: {exc.message()}")
+            self.errors.append(message)
 
     def _collect(self, upto_ns: int) -> dict[str, Any]:
         with self.send_lock:
