@@ -247,3 +247,33 @@ def test_throughput_matches_perf_analyzer_over_http(perf_server):
                                    measurement_interval_ms=1500, stability_percentage=25).levels[0].throughput
         ratios[level] = ours / theirs
     assert all(r >= 0.85 for r in ratios.values()), ratios
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_version_and_headers_reach_the_server(perf_server, protocol):
+    url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
+    proc = run_cli("perf", "identity", "-i", protocol, "-u", url, "-x", "1", "-H", "X-Tritongen-Test:1", *QUICK, timeout=120)
+    assert "Concurrency: 1, throughput:" in proc.stdout
+    proc = run_cli("perf", "identity", "-i", protocol, "-u", url, "-x", "7", "-p", "500", check=False, timeout=60)
+    assert proc.returncode == 1 and "model 'identity' version 7 is not ready" in proc.stderr, proc.stderr
+
+
+def test_tls_to_a_plaintext_server_is_one_clear_error(perf_server):
+    proc = run_cli("perf", "identity", "-i", "grpc", "-u", perf_server.grpc_url, "--ssl-grpc-use-ssl", "-p", "500",
+                   check=False, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "TLS handshake failed, is TLS enabled on the server?" in proc.stderr
+
+
+def test_compare_perf_analyzer_prints_both_side_by_side(perf_server):
+    from tritongen.perf.perf_analyzer import find_perf_analyzer
+
+    if find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer cannot run here (scripts/setup.sh installs it with tritonclient==2.51.0)")
+    proc = run_cli("perf", "identity", "-u", perf_server.http_url, "--concurrency-range", "2", "-p", "800", "-s", "40",
+                   "--compare-perf-analyzer", timeout=180)
+    header, row = proc.stdout.strip().splitlines()[-2:]
+    assert "perf_analyzer infer/s" in header and "ratio" in header
+    concurrency, ours, theirs, ratio = row.split()[:4]
+    assert concurrency == "2" and float(ours) > 0 and float(theirs) > 0
+    assert abs(float(ratio) - float(ours) / float(theirs)) < 0.01

@@ -440,6 +440,8 @@ def infer(
     import json
     import os
 
+    import os
+
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
     from .client import client_for
     from .client.base import read_image_bytes
@@ -510,9 +512,25 @@ def perf(
     csv_file: Optional[Path] = typer.Option(None, "--latency-report-file", "-f", help="perf_analyzer's CSV (µs)."),
     verbose_csv: bool = typer.Option(False, "--verbose-csv", help="Add perf_analyzer's verbose CSV columns."),
     profile_export_file: Optional[Path] = typer.Option(None, "--profile-export-file", help="Every request, as JSON."),
+    model_version: str = typer.Option("", "--model-version", "-x", help="Model version (default: the server's choice)."),
+    header: List[str] = typer.Option([], "--header", "-H", help="NAME:VALUE added to every inference request (repeatable)."),
+    ssl_grpc_use_ssl: bool = typer.Option(False, "--ssl-grpc-use-ssl", help="TLS on the gRPC channel."),
+    ssl_grpc_root_certifications_file: Optional[Path] = typer.Option(None, "--ssl-grpc-root-certifications-file",
+                                                                      help="PEM file of the CAs to trust."),
+    ssl_grpc_private_key_file: Optional[Path] = typer.Option(None, "--ssl-grpc-private-key-file",
+                                                              help="PEM file of the client's key (mutual TLS)."),
+    ssl_grpc_certificate_chain_file: Optional[Path] = typer.Option(None, "--ssl-grpc-certificate-chain-file",
+                                                                    help="PEM file of the client's certificate chain."),
+    compare_perf_analyzer: bool = typer.Option(False, "--compare-perf-analyzer",
+                                               help="Also run the real perf_analyzer with the same flags, level by "
+                                                    "level interleaved, and print both."),
 ) -> None:
     """Measure throughput and latency the way perf_analyzer does (windows, stability, server breakdown)."""
-    from .perf import PerfSettings, parse_range, parse_shapes, report, run_perf
+    import os
+
+    from .perf import GrpcTls, PerfSettings, parse_range, parse_shapes, report, run_perf
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
 
     if concurrency_range and request_rate_range:
         raise TritongenError("give --concurrency-range or --request-rate-range, not both")
@@ -528,6 +546,25 @@ def perf(
         latency_threshold_ms=latency_threshold, timeout_s=timeout,
     )
     settings.validate()
+    headers = {}
+    for item in header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise TritongenError(f"-H {item!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    tls_files = (ssl_grpc_root_certifications_file, ssl_grpc_private_key_file, ssl_grpc_certificate_chain_file)
+    tls = (GrpcTls(*(None if f is None else str(f) for f in tls_files))
+           if ssl_grpc_use_ssl or any(f is not None for f in tls_files) else None)
+    protocol = protocol.lower()
+    url = url or DEFAULT_PERF_URLS.get(protocol, "")
+    if compare_perf_analyzer:
+        from .perf.compare import compare_with_perf_analyzer, comparison_text
+
+        with console.status(f"tritongen perf and perf_analyzer on {model}, level by level"):
+            rows = compare_with_perf_analyzer(model, url, settings, protocol=protocol, input_data=input_data,
+                                              images=images, version=model_version, headers=headers)
+        print(comparison_text(rows, protocol))
+        return
     with console.status("connecting") as status:
         def on_window(event: dict) -> None:
             label = "concurrency" if event["mode"] == "concurrency" else "request rate"
@@ -535,11 +572,9 @@ def perf(
                           f"{event['throughput']:.1f} infer/s · {event['latency_us'] / 1000:.2f} ms · "
                           f"client CPU {event['cpu_pct']:.0f}%" + (" · stable" if event["stable"] else ""))
 
-        protocol = protocol.lower()
-        url = url or DEFAULT_PERF_URLS.get(protocol, "")
         run = run_perf(model, url, settings, input_data=input_data, shapes=parse_shapes(shape), images=images,
                        workers=workers, compression=None if compression == "none" else compression, on_window=on_window,
-                       protocol=protocol)
+                       protocol=protocol, version=model_version, headers=headers, tls=tls)
     print(report.settings_text(settings, run.workers))
     for result in run.results:
         print(report.level_text(result))

@@ -19,9 +19,11 @@ from ..errors import PerfError
 from .inputs import ModelInfo, build_requests, inspect_model, parse_shapes
 from .load import LoadManager
 from .measure import PerfSettings, PerfStatus, Profiler
+from .engines import GrpcTls
 from .worker import WorkerSpec
 
-__all__ = ["run_perf", "PerfRun", "PerfSettings", "PerfStatus", "PerfError", "parse_range", "parse_shapes", "default_workers"]
+__all__ = ["run_perf", "PerfRun", "PerfSettings", "PerfStatus", "PerfError", "GrpcTls", "parse_range", "parse_shapes",
+           "default_workers"]
 
 CONCURRENCY_PER_WORKER = 2  # outstanding requests per load process before another process helps (benchmarks/perf_client.py)
 RATE_PER_WORKER = 1500.0  # requests/s one process sends on schedule (measured: benchmarks/perf_client.py)
@@ -67,29 +69,31 @@ def default_workers(settings: PerfSettings) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(needed), int(peak) if settings.mode == "concurrency" else 10**6))
 
 
-def _connect(url: str, model: str, timeout_s: float, protocol: str = "grpc"):
+def _connect(url: str, model: str, timeout_s: float, protocol: str = "grpc", version: str = "", tls=None):
     from tritonclient.utils import InferenceServerException
 
     from .engines import ENGINES
 
     engine = ENGINES.lookup(protocol, PerfError)
     try:
-        client = engine.control_client(url, timeout_s)
+        client = engine.control_client(url, timeout_s, tls)
     except Exception as exc:  # malformed URL
         raise PerfError(f"cannot create a {protocol} client for {url!r}: {exc}") from None
     try:
         if not client.is_server_live(client_timeout=timeout_s):
             raise PerfError(f"Triton at {url} is not live")
-        if not client.is_model_ready(model, client_timeout=timeout_s):
+        if not client.is_model_ready(model, version, client_timeout=timeout_s):
             names = sorted(m.name for m in client.get_model_repository_index(client_timeout=timeout_s).models)
-            raise PerfError(f"model {model!r} is not ready on {url} (models: {', '.join(names) or 'none'})")
+            shown = f"model {model!r}" + (f" version {version}" if version else "")
+            raise PerfError(f"{shown} is not ready on {url} (models: {', '.join(names) or 'none'})")
         return client
     except InferenceServerException as exc:  # worded like the client SDK's errors
         from ..client.options import ClientOptions
         from ..client.plans import translate
 
         client.close()
-        raise PerfError(str(translate(exc, url, ClientOptions(url=url, timeout=timeout_s))[0])) from None
+        options = ClientOptions(url=url, timeout=timeout_s, ssl=tls is not None)
+        raise PerfError(str(translate(exc, url, options)[0])) from None
     except PerfError:
         client.close()
         raise
@@ -110,26 +114,34 @@ def run_perf(
     compression: str | None = None,
     on_window: Callable[[dict[str, Any]], None] = lambda event: None,
     protocol: str = "grpc",
+    version: str = "",
+    headers: dict[str, str] | None = None,
+    tls: GrpcTls | None = None,
 ) -> PerfRun:
     """``protocol``: ``grpc`` or ``http`` (KServe v2 REST with binary tensors), for the load and the
-    control calls alike; ``url`` is that protocol's HOST:PORT."""
+    control calls alike; ``url`` is that protocol's HOST:PORT. ``version``: the model version (""
+    = the server's choice), ``headers``: added to every inference request, ``tls``: a TLS gRPC
+    channel (perf_analyzer's ``-x``, ``-H``, ``--ssl-grpc-*``)."""
     settings = settings or PerfSettings()
     settings.validate()
     if compression not in (None, "gzip", "deflate"):
         raise PerfError(f"--compression {compression!r}: choose none, gzip or deflate")
-    client = _connect(url, model, settings.timeout_s, protocol)
+    if tls is not None and protocol != "grpc":
+        raise PerfError("--ssl-grpc-* options apply to -i grpc")
+    client = _connect(url, model, settings.timeout_s, protocol, version, tls)
     try:
         from tritonclient.utils import InferenceServerException
 
         try:
-            info = inspect_model(client, model)
+            info = inspect_model(client, model, version)
         except InferenceServerException as exc:
             raise PerfError(f"model {model!r}: {exc.message()}") from None
         requests = build_requests(info, settings.batch_size, input_data, shapes, images)
         n_workers = workers or default_workers(settings)
-        spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version="", requests=requests,
+        spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version=version, requests=requests,
                           datatypes={t.name: t.datatype for t in info.inputs}, outputs=[t.name for t in info.outputs],
-                          timeout_s=settings.timeout_s, compression=compression, protocol=protocol)
+                          timeout_s=settings.timeout_s, compression=compression, protocol=protocol,
+                          headers=tuple((headers or {}).items()), tls=tls)
         with LoadManager(spec, n_workers) as manager:
             profiler = Profiler(settings, info, manager, client, on_window)
             results = profiler.sweep()

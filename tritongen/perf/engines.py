@@ -22,6 +22,7 @@ import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -29,6 +30,24 @@ import numpy as np
 from ..registry import Registry
 
 OnDone = Callable[[int, int, "str | None"], None]
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """perf_analyzer's ``--ssl-grpc-*``: PEM files (None: the system's roots / no client certificate)."""
+
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+
+    def credentials(self):
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            return None if path is None else open(path, "rb").read()
+
+        return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.private_key),
+                                            read(self.certificate_chain))
 
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:
@@ -57,7 +76,7 @@ class Engine(ABC):
 
     @staticmethod
     @abstractmethod
-    def control_client(url: str, timeout_s: float) -> Any:
+    def control_client(url: str, timeout_s: float, tls: GrpcTls | None = None) -> Any:
         """A client for ``perf``'s control calls over this protocol, answering with the protobuf
         messages ``tritonclient.grpc`` returns."""
 
@@ -89,12 +108,17 @@ class GrpcEngine(Engine):
                 request.outputs.add().name = name
             self.payloads.append(request.SerializeToString())
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(spec.url, options=options)
+        if spec.tls is None:
+            self.channel = grpc.insecure_channel(spec.url, options=options)
+        else:
+            self.channel = grpc.secure_channel(spec.url, spec.tls.credentials(), options=options)
+        self.metadata = tuple((name.lower(), value) for name, value in spec.headers) or None
         self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         self.compression = {None: None, "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[spec.compression]
 
     def send(self, index: int, on_done: OnDone) -> None:
-        future = self.call.future(self.payloads[index], timeout=self.spec.timeout_s, compression=self.compression)
+        future = self.call.future(self.payloads[index], timeout=self.spec.timeout_s, compression=self.compression,
+                                  metadata=self.metadata)
         future.add_done_callback(lambda f: self._finish(f, on_done))
 
     def _finish(self, future, on_done: OnDone) -> None:
@@ -114,10 +138,13 @@ class GrpcEngine(Engine):
         self.channel.close()
 
     @staticmethod
-    def control_client(url: str, timeout_s: float) -> Any:
+    def control_client(url: str, timeout_s: float, tls: GrpcTls | None = None) -> Any:
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(url=url)
+        if tls is None:
+            return grpcclient.InferenceServerClient(url=url)
+        return grpcclient.InferenceServerClient(url=url, ssl=True, root_certificates=tls.root_certificates,
+                                                private_key=tls.private_key, certificate_chain=tls.certificate_chain)
 
 
 class _HttpControl:
@@ -195,7 +222,7 @@ class HttpEngine(Engine):
     protocol = "http"
 
     @staticmethod
-    def control_client(url: str, timeout_s: float) -> Any:
+    def control_client(url: str, timeout_s: float, tls: GrpcTls | None = None) -> Any:
         return _HttpControl(url, timeout_s)
 
     def __init__(self, spec: Any):
@@ -230,8 +257,9 @@ class HttpEngine(Engine):
             body, encoding = gzip.compress(body), "Content-Encoding: gzip\r\n"
         elif self.spec.compression == "deflate":
             body, encoding = zlib.compress(body), "Content-Encoding: deflate\r\n"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.spec.headers)
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.spec.url}\r\nContent-Type: application/octet-stream\r\n"
-                f"Inference-Header-Content-Length: {len(header)}\r\n{encoding}Content-Length: {len(body)}\r\n\r\n")
+                f"{extra}Inference-Header-Content-Length: {len(header)}\r\n{encoding}Content-Length: {len(body)}\r\n\r\n")
         return head.encode() + body
 
     # ------------------------------------------------------------------ sending

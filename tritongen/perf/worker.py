@@ -53,6 +53,8 @@ class WorkerSpec:
     compression: str | None = None
     seed: int = 0
     protocol: str = "grpc"  # a key of perf.engines.ENGINES
+    headers: tuple[tuple[str, str], ...] = ()  # added to every inference request (-H)
+    tls: Any = None  # perf.engines.GrpcTls for a TLS gRPC channel (--ssl-grpc-*)
 
 
 AUTHKEY_ENV = "TRITONGEN_PERF_AUTHKEY"
