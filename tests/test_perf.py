@@ -37,6 +37,7 @@ def perf_server(tmp_path_factory, clas_export):
     repo = tmp_path_factory.mktemp("perf_repo")
     write_identity_model(repo, "identity")
     write_identity_model(repo, "slow", delay_ms=3000)
+    write_identity_model(repo, "queued", delay_ms=40, dynamic_batching=False)  # latency ~ concurrency x 40 ms
     run_cli("build", clas_export, "--name", "tiny_perf", "--backend", "python-onnxruntime", "--layout", "ensemble", "--output", repo)
     served = start_serve_cli(repo, tmp_path_factory.mktemp("perf_logs"))
     yield served
@@ -277,3 +278,62 @@ def test_compare_perf_analyzer_prints_both_side_by_side(perf_server):
     concurrency, ours, theirs, ratio = row.split()[:4]
     assert concurrency == "2" and float(ours) > 0 and float(theirs) > 0
     assert abs(float(ratio) - float(ours) / float(theirs)) < 0.01
+
+
+def test_binary_search_finds_the_highest_concurrency_within_the_threshold(perf_server):
+    """One instance, no batching, 40 ms a request: latency ~ concurrency x 40 ms, so with a 140 ms limit
+    concurrency 3 (~120 ms) is the highest within it; the search measures 1, 8, 4, 2, 3."""
+    settings = PerfSettings(levels=list(range(1, 9)), measurement_interval_ms=600, stability_percentage=30,
+                            max_trials=10, latency_threshold_ms=140, binary_search=True)
+    run = run_perf("queued", perf_server.grpc_url, settings)
+    assert [int(r.value) for r in run.results] == [1, 8, 4, 2, 3]
+    best = next(r for r in run.results if any("highest level" in w for w in r.warnings))
+    assert int(best.value) == 3
+    with pytest.raises(PerfError, match="--binary-search needs --latency-threshold"):
+        PerfSettings(levels=[1, 8], binary_search=True).validate()
+
+
+def test_request_intervals_file_sets_the_schedule(perf_server, tmp_path):
+    """perf_analyzer's --request-intervals: gaps of 5 and 20 ms, repeated (80 requests/s on average):
+    the sends keep that rate and the gaps between them alternate as written."""
+    intervals = tmp_path / "intervals.txt"
+    intervals.write_text("5000\n20000\n")
+    out = tmp_path / "rate.csv"
+    proc = run_cli("perf", "identity", "-u", perf_server.http_url, "--request-intervals", intervals, "-p", "1500",
+                   "-s", "40", "--max-trials", "12", "-f", out, "--profile-export-file", tmp_path / "p.json", timeout=120)
+    assert "Request Rate: 80" in proc.stdout or "request rate 80" in proc.stdout.lower(), proc.stdout
+    starts = sorted(r["timestamp"] for r in json.loads((tmp_path / "p.json").read_text())["experiments"][0]["requests"])
+    gaps_ms = np.diff(np.array(starts, dtype=np.int64)) / 1e6
+    short, long = (gaps_ms < 12.5).mean(), (gaps_ms >= 12.5).mean()
+    assert abs(short - 0.5) < 0.15 and abs(long - 0.5) < 0.15, (short, long)
+    assert abs(np.median(gaps_ms[gaps_ms < 12.5]) - 5) < 2 and abs(np.median(gaps_ms[gaps_ms >= 12.5]) - 20) < 3
+    bad = tmp_path / "bad.txt"
+    bad.write_text("5000\nsoon\n")
+    proc = run_cli("perf", "identity", "-u", perf_server.http_url, "--request-intervals", bad, check=False)
+    assert proc.returncode == 1 and "expected one number (µs) per line" in proc.stderr
+
+
+def test_collect_metrics_columns_are_perf_analyzers(perf_server, tmp_path):
+    """--collect-metrics polls the metrics endpoint during each level; the console shows what it
+    reported (CPU gauges on this server) and the verbose CSV has exactly perf_analyzer's header,
+    checked against the file perf_analyzer writes with the same flags in the same run."""
+    import re
+
+    metrics_url = re.search(r"metrics\s+(http://\S+/metrics)", perf_server.stdout_path.read_text()).group(1)
+    flags = ["-p", "500", "--collect-metrics", "--metrics-url", metrics_url, "--metrics-interval", "200", "--verbose-csv"]
+    ours = tmp_path / "tritongen.csv"
+    proc = run_cli("perf", "identity", "-u", perf_server.http_url, *flags, "-s", "40", "-f", ours, timeout=120)
+    assert "Server Prometheus Metrics:" in proc.stdout and "Avg CPU Utilization:" in proc.stdout, proc.stdout
+    header = ours.read_text().splitlines()[0]
+    assert header.endswith(",Avg GPU Utilization,Avg GPU Power Usage,Max GPU Memory Usage,Total GPU Memory")
+    from tritongen.perf.perf_analyzer import find_perf_analyzer
+
+    analyzer = find_perf_analyzer()
+    if analyzer is None:
+        pytest.skip("perf_analyzer cannot run here (scripts/setup.sh installs it with tritonclient==2.51.0)")
+    theirs = tmp_path / "perf_analyzer.csv"
+    import subprocess
+
+    subprocess.run(analyzer.command("-m", "identity", "-u", perf_server.http_url, *flags, "-s", "40", "-f", str(theirs)),
+                   env=analyzer.env(), capture_output=True, timeout=120, check=True)
+    assert theirs.read_text().splitlines()[0] == header

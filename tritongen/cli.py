@@ -475,6 +475,20 @@ def _write_image(path: Path, image) -> None:
         raise TritongenError(f"cannot write {path} (use a .png or .jpg name in an existing directory)")
 
 
+def _request_intervals(path: Path) -> list[float]:
+    """perf_analyzer's ``--request-intervals`` file: one gap in µs per line."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        gaps = [float(line) for line in lines]
+    except OSError as exc:
+        raise TritongenError(f"--request-intervals {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise TritongenError(f"--request-intervals {path}: expected one number (µs) per line") from None
+    if not gaps:
+        raise TritongenError(f"--request-intervals {path}: no intervals in it")
+    return gaps
+
+
 DEFAULT_PERF_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}  # Triton's default ports, per protocol
 
 
@@ -503,6 +517,15 @@ def perf(
     warmup_request_count: int = typer.Option(0, "--warmup-request-count", min=0, help="Requests sent before measuring."),
     latency_threshold: Optional[float] = typer.Option(None, "--latency-threshold", "-l", min=0.0,
                                                       help="Stop the sweep when latency reaches this many ms."),
+    binary_search: bool = typer.Option(False, "--binary-search", help="Search the range for the highest level whose "
+                                                                      "latency stays within --latency-threshold."),
+    collect_metrics: bool = typer.Option(False, "--collect-metrics", help="Poll Triton's metrics endpoint during each "
+                                                                          "level: GPU (and CPU) utilisation, power, memory."),
+    metrics_url: Optional[str] = typer.Option(None, "--metrics-url", help="Default: port 8002 of the --url host, /metrics."),
+    metrics_interval: int = typer.Option(1000, "--metrics-interval", min=1, help="Milliseconds between metrics polls."),
+    request_intervals: Optional[Path] = typer.Option(None, "--request-intervals",
+                                                     help="Open loop on a schedule: a file of gaps between sends, µs, "
+                                                          "one per line (repeated when exhausted)."),
     input_data: str = typer.Option("random", "--input-data", help="random | zero | FILE.json (perf_analyzer's format)."),
     shape: List[str] = typer.Option([], "--shape", help="NAME:d1,d2,... for inputs with variable dims (repeatable)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for encoded-image (BYTES) inputs."),
@@ -532,9 +555,12 @@ def perf(
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
 
-    if concurrency_range and request_rate_range:
-        raise TritongenError("give --concurrency-range or --request-rate-range, not both")
-    if request_rate_range:
+    if sum(map(bool, (concurrency_range, request_rate_range, request_intervals))) > 1:
+        raise TritongenError("give one of --concurrency-range, --request-rate-range, --request-intervals, not both")
+    gaps = _request_intervals(request_intervals) if request_intervals is not None else None
+    if gaps:
+        mode, levels, request_distribution = "request_rate", [round(1e6 / (sum(gaps) / len(gaps)), 3)], "custom"
+    elif request_rate_range:
         mode, levels = "request_rate", parse_range(request_rate_range, float)
     else:
         mode, levels = "concurrency", parse_range(concurrency_range or "1", int)
@@ -543,7 +569,8 @@ def perf(
         measurement_mode=measurement_mode, measurement_interval_ms=measurement_interval,
         measurement_request_count=measurement_request_count, stability_percentage=stability_percentage,
         max_trials=max_trials, percentile=percentile, warmup_request_count=warmup_request_count,
-        latency_threshold_ms=latency_threshold, timeout_s=timeout,
+        latency_threshold_ms=latency_threshold, timeout_s=timeout, binary_search=binary_search,
+        request_intervals_us=gaps, metrics_interval_ms=metrics_interval,
     )
     settings.validate()
     headers = {}
@@ -557,6 +584,8 @@ def perf(
            if ssl_grpc_use_ssl or any(f is not None for f in tls_files) else None)
     protocol = protocol.lower()
     url = url or DEFAULT_PERF_URLS.get(protocol, "")
+    if collect_metrics or metrics_url:
+        settings.metrics_url = metrics_url or f"http://{url.rpartition(':')[0] or '127.0.0.1'}:8002/metrics"
     if compare_perf_analyzer:
         from .perf.compare import compare_with_perf_analyzer, comparison_text
 

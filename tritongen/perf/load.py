@@ -87,8 +87,11 @@ class LoadManager:
             raise PerfError(f"load worker {index}: expected {kind!r}, got {got!r}")
         return payload
 
-    def set_load(self, mode: str, value: float, distribution: str = "constant") -> None:
-        load = {"mode": mode, "value": value, "distribution": distribution,
+    def set_load(self, mode: str, value: float, distribution: str = "constant",
+                 intervals_ns: list[int] | None = None) -> None:
+        """``intervals_ns``: with the ``custom`` distribution, the gaps between consecutive sends
+        (repeated when exhausted), perf_analyzer's ``--request-intervals``."""
+        load = {"mode": mode, "value": value, "distribution": distribution, "intervals_ns": intervals_ns,
                 "start_ns": time.monotonic_ns() + 20_000_000}  # all workers start the schedule together
         for pipe in self.pipes:
             pipe.send(("load", load))

@@ -46,6 +46,10 @@ class PerfSettings:
     warmup_request_count: int = 0
     latency_threshold_ms: float | None = None
     timeout_s: float = 30.0
+    binary_search: bool = False  # search levels[0]..levels[-1] (step levels[1] - levels[0]) for the highest within the threshold
+    request_intervals_us: list[float] | None = None  # distribution "custom": gaps between sends (--request-intervals)
+    metrics_url: str | None = None  # --collect-metrics: Triton's Prometheus endpoint, polled during each level
+    metrics_interval_ms: int = 1000
 
     def validate(self) -> None:
         if self.mode not in ("concurrency", "request_rate"):
@@ -54,8 +58,12 @@ class PerfSettings:
             raise PerfError("load levels must be positive")
         if self.mode == "concurrency" and any(v != int(v) for v in self.levels):
             raise PerfError("concurrency levels must be whole numbers")
-        if self.distribution not in ("constant", "poisson"):
+        if self.distribution not in ("constant", "poisson", "custom"):
             raise PerfError(f"--request-distribution {self.distribution!r}: choose constant or poisson")
+        if (self.distribution == "custom") != bool(self.request_intervals_us):
+            raise PerfError("--request-intervals FILE gives the custom schedule (one gap in µs per line)")
+        if self.request_intervals_us and (self.mode != "request_rate" or any(g <= 0 for g in self.request_intervals_us)):
+            raise PerfError("--request-intervals: every gap must be > 0 µs, and the load is open loop (no --concurrency-range)")
         if self.measurement_mode not in ("time_windows", "count_windows"):
             raise PerfError(f"--measurement-mode {self.measurement_mode!r}: choose time_windows or count_windows")
         if self.measurement_interval_ms <= 0 or self.measurement_request_count <= 0 or self.max_trials < STABILITY_WINDOW:
@@ -64,6 +72,8 @@ class PerfSettings:
             raise PerfError("--percentile must be within 1..99")
         if self.stability_percentage <= 0:
             raise PerfError("--stability-percentage must be > 0")
+        if self.binary_search and (self.latency_threshold_ms is None or len(self.levels) < 2):
+            raise PerfError("--binary-search needs --latency-threshold and a range start:end[:step] to search")
 
 
 @dataclass
@@ -158,6 +168,7 @@ class PerfStatus:
     composing: list[str]
     percentile: int | None = None
     warnings: list[str] = field(default_factory=list)
+    metrics: Any = None  # perf.metrics.LevelMetrics with --collect-metrics
 
     def __post_init__(self) -> None:
         records = np.concatenate([w.records for w in self.windows]) if self.windows else np.zeros((0, len(RECORD_FIELDS)), np.int64)
@@ -229,6 +240,8 @@ class Profiler:
         self.timeline: list[dict[str, Any]] = []  # every window of every level, for the profile export
 
     def sweep(self) -> list[PerfStatus]:
+        if self.settings.binary_search:
+            return self.binary_search()
         results = []
         for value in self.settings.levels:
             status = self.profile_level(value)
@@ -241,9 +254,62 @@ class Profiler:
                 break
         return results
 
+    def binary_search(self) -> list[PerfStatus]:
+        """perf_analyzer's ``--binary-search``: the highest level of the range (on its step grid)
+        whose stabilising latency stays within ``--latency-threshold``, by halving the range; every
+        level measured on the way is a result. Ends early when a level does not stabilise."""
+        s = self.settings
+        threshold, levels = float(s.latency_threshold_ms), s.levels
+        step = levels[1] - levels[0]
+        results: list[PerfStatus] = []
+
+        def within(value: float) -> bool | None:
+            status = self.profile_level(value)
+            results.append(status)
+            over = status.stabilizing_latency_ns / 1e6 > threshold  # a level over the limit stops early, unstable
+            return None if not status.stable and not over else not over
+
+        low, high = levels[0], levels[-1]
+        verdict = within(low)
+        if verdict is False:
+            results[-1].warnings.append(f"Binary search: even {low:g} is over the {threshold:g} msec limit.")
+        if not verdict:
+            return results
+        verdict = within(high)
+        while verdict is False and high - low > step:
+            middle = low + (high - low) // step // 2 * step
+            if middle == low:
+                break
+            verdict = within(middle)
+            if verdict is None:
+                return results
+            low, high = (middle, high) if verdict else (low, middle)
+            verdict = False
+        best = high if verdict else low
+        best_status = next(r for r in results if r.value == best)
+        best_status.warnings.append(f"Binary search: {best:g} is the highest level within {threshold:g} msec.")
+        return results
+
     def profile_level(self, value: float) -> PerfStatus:
         s = self.settings
-        self.manager.set_load(s.mode, value, s.distribution)
+        intervals = [int(g * 1000) for g in s.request_intervals_us] if s.request_intervals_us else None
+        collector = None
+        if s.metrics_url:
+            from .metrics import MetricsCollector
+
+            collector = MetricsCollector(s.metrics_url, s.metrics_interval_ms).start()
+        try:
+            status = self._profile_level(value, intervals)
+        finally:
+            metrics = collector.stop() if collector is not None else None
+        status.metrics = metrics
+        if collector is not None and collector.error:
+            status.warnings.append(f"--collect-metrics: {collector.error}")
+        return status
+
+    def _profile_level(self, value: float, intervals: list[int] | None) -> PerfStatus:
+        s = self.settings
+        self.manager.set_load(s.mode, value, s.distribution, intervals)
         if s.warmup_request_count:
             self._warmup(s.warmup_request_count)
         start = time.monotonic_ns()

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__
 from .inputs import ModelInfo
 from .measure import PerfSettings, PerfStatus, ServerStats
+from .metrics import CSV_COLUMNS as METRICS_CSV_COLUMNS
 
 _SERVER_COLUMNS = ["Network+Server Send/Recv", "Server Queue", "Server Compute Input", "Server Compute Infer",
                    "Server Compute Output"]
@@ -86,6 +87,8 @@ def level_text(status: PerfStatus) -> str:
                  + (f"; {status.achieved_concurrency:.2f} requests outstanding on average" if status.mode == "concurrency" else ""))
     lines.append("  Server: ")
     lines += _server_lines(status.model_stats, status.composing, status.server)
+    if status.metrics is not None:
+        lines += ["  Server Prometheus Metrics: ", *status.metrics.text_lines()]
     return "\n".join(lines) + "\n"
 
 
@@ -100,13 +103,15 @@ def summary_text(results: list[PerfStatus]) -> str:
 
 
 def csv_header(mode: str, include_server: bool, cache: bool, percentiles: list[int], verbose: bool,
-               stabilize_on_percentile: bool) -> list[str]:
+               stabilize_on_percentile: bool, metrics: bool = False) -> list[str]:
     header = ["Concurrency" if mode == "concurrency" else "Request Rate", "Inferences/Second", "Client Send"]
     if include_server:
         header += _SERVER_COLUMNS + (["Server Cache Hit", "Server Cache Miss"] if cache else [])
     header += ["Client Recv"] + [f"p{p} latency" for p in percentiles]
     if verbose:
         header += (["Avg latency"] if not stabilize_on_percentile else []) + ["request/response", "response wait"]
+        if metrics:
+            header += METRICS_CSV_COLUMNS
     return header
 
 
@@ -118,7 +123,7 @@ def write_csv(path: str | Path, results: list[PerfStatus], info: ModelInfo, verb
         return []
     first = results[0]
     header = csv_header(first.mode, True, info.response_cache, list(first.percentile_latency_ns), verbose,
-                        bool(first.percentile))
+                        bool(first.percentile), metrics=first.metrics is not None)
     ordered = sorted(results, key=lambda r: r.infer_per_sec)
     rows = []
     for r in ordered:
@@ -134,6 +139,8 @@ def write_csv(path: str | Path, results: list[PerfStatus], info: ModelInfo, verb
             if not r.percentile:
                 row.append(_us(r.avg_latency_ns))
             row += [_us(r.avg_send_ns + r.avg_recv_ns), _us(r.avg_wait_ns)]
+            if r.metrics is not None:
+                row += r.metrics.csv_values()
         rows.append(row)
     written = [_write_rows(path, header, rows)]
     composing_header = header[: header.index("Client Recv") + 1]

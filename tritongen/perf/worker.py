@@ -136,8 +136,17 @@ class _Worker:
 
         Constant: the workers interleave (worker w sends at (k * W + w) / rate). Poisson: each
         worker is a Poisson process of rate / W; their superposition is Poisson at the rate.
+        Custom: the send times the given gaps add up to, repeated; worker w takes sends w, w + W, ...
         """
         rate, w, n = float(load["value"]), self.spec.index, self.spec.workers
+        if load.get("distribution") == "custom":  # the given gaps, repeated; worker w takes every n-th send
+            gaps = np.asarray(load["intervals_ns"], dtype=np.int64)
+            repeats = n * max(1, -(-SCHEDULE_BLOCK // len(gaps)))  # a cycle of a multiple of n sends
+            cycle = np.cumsum(np.tile(gaps, repeats))
+            k = 0
+            while True:
+                yield (cycle[w::n] + k * int(cycle[-1])).astype(np.int64)
+                k += 1
         if load.get("distribution", "constant") == "constant":
             period = n / rate * 1e9
             k = 0
