@@ -438,11 +438,8 @@ def infer(
 ) -> None:
     """Run a served ensemble (classification, detection or segmentation) on images and print the results."""
     import json
-    import os
 
-    import os
-
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
+    _quiet_grpc()
     from .client import client_for
     from .client.base import read_image_bytes
 
@@ -473,6 +470,13 @@ def _write_image(path: Path, image) -> None:
 
     if not cv2.imwrite(str(path), image):
         raise TritongenError(f"cannot write {path} (use a .png or .jpg name in an existing directory)")
+
+
+def _quiet_grpc() -> None:
+    """gRPC's own INFO lines (e.g. a failed TLS handshake) are noise next to one error line."""
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def _request_intervals(path: Path) -> list[float]:
@@ -549,11 +553,9 @@ def perf(
                                                     "level interleaved, and print both."),
 ) -> None:
     """Measure throughput and latency the way perf_analyzer does (windows, stability, server breakdown)."""
-    import os
-
     from .perf import GrpcTls, PerfSettings, parse_range, parse_shapes, report, run_perf
 
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own INFO lines (e.g. a failed TLS handshake) are noise here
+    _quiet_grpc()
 
     if sum(map(bool, (concurrency_range, request_rate_range, request_intervals))) > 1:
         raise TritongenError("give one of --concurrency-range, --request-rate-range, --request-intervals, not both")

@@ -23,6 +23,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -44,7 +45,7 @@ class GrpcTls:
         import grpc
 
         def read(path: str | None) -> bytes | None:
-            return None if path is None else open(path, "rb").read()
+            return None if path is None else Path(path).read_bytes()
 
         return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.private_key),
                                             read(self.certificate_chain))
