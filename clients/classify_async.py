@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Classify many images concurrently with a tritongen ensemble (asyncio gRPC).
+"""Classify many images concurrently with a tritongen ensemble (asyncio, gRPC or HTTP).
 
-    python clients/classify_async.py MODEL IMAGE [IMAGE ...] [--url 127.0.0.1:8001]
+    python clients/classify_async.py MODEL IMAGE [IMAGE ...] [-i grpc|http] [--url HOST:PORT]
         [--concurrency 8] [--shared-memory system|none] [--compression gzip|none]
 
 Each image is its own request, up to --concurrency of them in flight at once; Triton's
@@ -21,7 +21,7 @@ from tritongen.errors import TritongenError
 
 async def classify_all(args) -> list:
     limit = asyncio.Semaphore(args.concurrency)
-    async with AsyncClassificationClient(args.model, url=args.url, timeout=args.timeout,
+    async with AsyncClassificationClient(args.model, url=args.url, protocol=args.protocol, timeout=args.timeout,
                                          shared_memory=args.shared_memory, compression=args.compression) as client:
 
         async def one(path: str):
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="ensemble name")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC endpoint")
+    parser.add_argument("--protocol", "-i", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--url", default=None, help="Triton endpoint HOST:PORT (default: the protocol's port on 127.0.0.1)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     parser.add_argument("--shared-memory", choices=("none", "system"), default="none")

@@ -109,12 +109,14 @@ def test_options_are_validated_with_clear_messages(tmp_path):
         (dict(retries=-1), "retries"),
         (dict(timeout=0), "timeout"),
         (dict(url="grpc://host:8001"), "without a scheme"),
+        (dict(protocol="websocket"), "unknown protocol 'websocket'; choose one of: grpc, http"),
         (dict(root_certificates=tmp_path / "missing.pem"), "root_certificates: no such file"),
     ]:
         with pytest.raises(ClientError, match=message):
             ClientOptions(**bad)
     assert list(ClientOptions(retries=3, retry_delay=0.5).retry_delays()) == [0.5, 1.0, 2.0]
     assert ClientOptions(root_certificates=__file__).tls and not ClientOptions().tls
+    assert ClientOptions().url == "127.0.0.1:8001" and ClientOptions(protocol="http").url == "127.0.0.1:8000"
 
 
 def test_task_is_the_most_specific_fit():
@@ -236,6 +238,66 @@ def test_shared_memory_detection_and_segmentation(task_server, photos, model, sy
     assert server_regions(url) == [] and local_regions(prefix) == []
 
 
+
+# ------------------------------------------------------------------------ HTTP and gRPC
+
+
+def _every_way(cls, async_cls, model: str, images, url: str, **options) -> dict[str, list]:
+    """The results of the sync and asyncio clients, with and without shared memory."""
+    with cls(model, url=url, **options) as client:
+        plain = summaries(client.run(images))
+    with cls(model, url=url, shared_memory="system", **options) as client:
+        shm = summaries(client.run(images))
+    concurrent = summaries(run_async(async_run(async_cls, model, images, url=url, **options)))
+    concurrent_shm = summaries(run_async(async_run(async_cls, model, images, url=url, shared_memory="system", **options)))
+    return {"sync": plain, "sync shm": shm, "async": concurrent, "async shm": concurrent_shm}
+
+
+@pytest.mark.parametrize("model, sync_cls, async_cls", [
+    ("tiny_ort", ClassificationClient, AsyncClassificationClient),
+    ("det", DetectionClient, AsyncDetectionClient),
+    ("seg", SegmentationClient, AsyncSegmentationClient),
+])
+def test_http_and_grpc_give_the_same_answers(served_repo, task_server, photos, model, sync_cls, async_cls):
+    """Every task, sync and asyncio, with and without shared memory: KServe v2 REST (binary
+    tensors) answers exactly what gRPC answers — typed results and the raw output arrays."""
+    served = served_repo if model == "tiny_ort" else task_server
+    images = [photos[i % len(photos)] for i in range(10)]  # more than max_batch_size: two requests
+    grpc_answers = _every_way(sync_cls, async_cls, model, images, served.grpc_url)
+    http_answers = _every_way(sync_cls, async_cls, model, images, served.http_url, protocol="http")
+    reference = grpc_answers["sync"]
+    assert all(answers == reference for answers in (*grpc_answers.values(), *http_answers.values()))
+    with sync_cls(model, url=served.grpc_url) as over_grpc, sync_cls(model, url=served.http_url, protocol="http") as over_http:
+        outputs = list(over_grpc._run(over_grpc._model_info_plan()).outputs)
+        raw_grpc = over_grpc._run(over_grpc._infer_plan(images, outputs))  # per request (label maps differ in size)
+        raw_http = over_http._run(over_http._infer_plan(images, outputs))
+        assert over_grpc.metadata() == over_http.metadata()  # the same protobuf message either way
+    assert [a.images for a in raw_grpc] == [a.images for a in raw_http] and len(raw_grpc) == 2
+    for by_grpc, by_http in zip(raw_grpc, raw_http):
+        for name in outputs:
+            ours, theirs = by_grpc.outputs[name], by_http.outputs[name]
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), name
+    assert server_regions(served.grpc_url) == []
+    assert json.loads(run_cli("infer", model, *images[:3], "-i", "http", "--url", served.http_url, "--json").stdout) == \
+        json.loads(run_cli("infer", model, *images[:3], "--url", served.grpc_url, "--json").stdout)
+
+
+def test_http_client_is_safe_across_threads(served_repo, many):
+    """tritonclient.http clients are not thread-safe; the SDK's HTTP client is (one connection per thread)."""
+    with ClassificationClient("tiny_ort", url=served_repo.grpc_url) as client:
+        expected = summaries(client.classify(many))
+    results: dict[int, list] = {}
+    with ClassificationClient("tiny_ort", url=served_repo.http_url, protocol="http") as client:
+        def work(i: int) -> None:
+            results[i] = summaries(client.classify(many))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert results == {i: expected for i in range(4)}
+
 def test_images_of_different_sizes_for_a_segmenter_without_resize(task_server, photos):
     """Its tensors keep each image's size, so one request cannot mix sizes: the model's config says
     so and the SDK groups the images by size (CLI, sync, async, shared memory) — same answers as
@@ -312,8 +374,8 @@ def test_gzip_compression_reaches_grpc_and_gives_the_same_results(served_repo, m
         plain = summaries(client.classify(many))
     with ClassificationClient("tiny_ort", url=url, compression="gzip") as client:
         sent = []
-        infer = client._client.infer
-        client._client.infer = lambda *a, **kw: sent.append(kw["compression_algorithm"]) or infer(*a, **kw)
+        infer = client._session.client.infer
+        client._session.client.infer = lambda *a, **kw: sent.append(kw["compression_algorithm"]) or infer(*a, **kw)
         assert summaries(client.classify(many)) == plain
     assert sent == ["gzip"] * 3
     assert summaries(run_async(async_run(AsyncClassificationClient, "tiny_ort", many, url=url, compression="gzip"))) == plain
@@ -369,6 +431,8 @@ def test_server_down_is_a_quick_client_error(photos):
         (lambda: client_for("tiny_ort", **quick), 1.0),
         (lambda: run_async(async_run(AsyncClassificationClient, "tiny_ort", [photos[0]], **quick)), 1.0),
         (lambda: run_async(async_client_for("tiny_ort", **quick)), 1.0),
+        (lambda: ClassificationClient("tiny_ort", protocol="http", **quick).classify([photos[0]]), 1.0),
+        (lambda: run_async(async_run(AsyncClassificationClient, "tiny_ort", [photos[0]], protocol="http", **quick)), 1.0),
     ):
         start = time.monotonic()
         with pytest.raises(ClientError, match=f"cannot reach Triton at {url}: is the server running?"):
@@ -376,10 +440,11 @@ def test_server_down_is_a_quick_client_error(photos):
         assert time.monotonic() - start < limit
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("transport", ["sync", "async"])
-def test_server_errors_carry_the_servers_message_and_are_not_retried(served_repo, photos, transport):
-    url = served_repo.grpc_url
-    slow_retries = dict(url=url, retries=5, retry_delay=2.0)  # a retried error would take > 2 s
+def test_server_errors_carry_the_servers_message_and_are_not_retried(served_repo, photos, transport, protocol):
+    url = served_repo.grpc_url if protocol == "grpc" else served_repo.http_url
+    slow_retries = dict(url=url, retries=5, retry_delay=2.0, protocol=protocol)  # a retried error would take > 2 s
 
     def run(model, images, **options):
         if transport == "sync":
@@ -400,9 +465,9 @@ def test_server_errors_carry_the_servers_message_and_are_not_retried(served_repo
             run(*args, **options)
         assert message in str(info.value)
         assert time.monotonic() - start < 2, message
-    assert server_regions(url) == []
+    assert server_regions(served_repo.grpc_url) == []
     with pytest.raises(ClientError, match="is not a tritongen segmenter"):
-        with SegmentationClient("tiny_ort", url=url) as client:
+        with SegmentationClient("tiny_ort", url=url, protocol=protocol) as client:
             client.segment([photos[0]])
 
 

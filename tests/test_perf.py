@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +40,7 @@ def perf_server(tmp_path_factory, clas_export):
     write_identity_model(repo, "identity")
     write_identity_model(repo, "slow", delay_ms=3000)
     write_identity_model(repo, "queued", delay_ms=40, dynamic_batching=False)  # latency ~ concurrency x 40 ms
+    write_identity_model(repo, "varlen", dims=(-1,))  # an output whose size the config does not fix
     run_cli("build", clas_export, "--name", "tiny_perf", "--backend", "python-onnxruntime", "--layout", "ensemble", "--output", repo)
     served = start_serve_cli(repo, tmp_path_factory.mktemp("perf_logs"))
     yield served
@@ -177,7 +180,10 @@ def test_ensemble_breakdown_fits_inside_client_latency(perf_server, photos, tmp_
     (["tiny_perf"], "failed: "),  # random bytes are no image: the server's own message, not a hang
     (["slow", "--timeout", "1"], "DEADLINE_EXCEEDED"),
     (["identity", "--concurrency-range", "1", "--request-rate-range", "10"], "not both"),
-], ids=["server-down", "unknown-model", "bad-shape", "batch-too-big", "server-error", "timeout", "two-modes"])
+    (["identity", "--shared-memory", "cuda"], "--shared-memory cuda: "),  # no GPU here: the reason, not a crash
+    (["identity", "--shared-memory", "posix"], "unknown --shared-memory kind 'posix'; choose one of: none, system, cuda"),
+], ids=["server-down", "unknown-model", "bad-shape", "batch-too-big", "server-error", "timeout", "two-modes", "shm-cuda",
+        "shm-unknown"])
 def test_errors_are_clear_and_exit_nonzero(perf_server, args, message):
     args = [a.replace("{free}", str(free_port())) for a in args]
     if "-u" not in args:
@@ -187,6 +193,7 @@ def test_errors_are_clear_and_exit_nonzero(perf_server, args, message):
     proc = run_cli("perf", *args, "-p", "1000", check=False, timeout=100)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one error line
     assert time.monotonic() - start < 60
 
 
@@ -255,6 +262,11 @@ def test_version_and_headers_reach_the_server(perf_server, protocol):
     url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
     proc = run_cli("perf", "identity", "-i", protocol, "-u", url, "-x", "1", "-H", "X-Tritongen-Test:1", *QUICK, timeout=120)
     assert "Concurrency: 1, throughput:" in proc.stdout
+    # perf_analyzer's wording for the protocol that carried the load (inference_profiler.cc)
+    label, parts = {"http": ("HTTP", "send/recv"), "grpc": ("gRPC", "(un)marshal request/response")}[protocol]
+    assert f"    Avg {label} time: " in proc.stdout and f" usec ({parts} " in proc.stdout, proc.stdout
+    other = {"http": "gRPC", "grpc": "HTTP"}[protocol]
+    assert f"Avg {other} time" not in proc.stdout
     proc = run_cli("perf", "identity", "-i", protocol, "-u", url, "-x", "7", "-p", "500", check=False, timeout=60)
     assert proc.returncode == 1 and "model 'identity' version 7 is not ready" in proc.stderr, proc.stderr
 
@@ -337,3 +349,215 @@ def test_collect_metrics_columns_are_perf_analyzers(perf_server, tmp_path):
     subprocess.run(analyzer.command("-m", "identity", "-u", perf_server.http_url, *flags, "-s", "40", "-f", str(theirs)),
                    env=analyzer.env(), capture_output=True, timeout=120, check=True)
     assert theirs.read_text().splitlines()[0] == header
+
+
+# ------------------------------------------------------------------ shared memory, sync mode
+
+
+SHM = Path("/dev/shm")
+
+
+def _our_regions(pid: int) -> set[str]:
+    """/dev/shm segments of the `tritongen perf` run in process ``pid``."""
+    return {p.name for p in SHM.glob(f"tritongen-perf-{pid}-*")}
+
+
+def _registered(served, prefix: str = "tritongen-perf-") -> set[str]:
+    """System shared-memory regions the server knows, by name."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(served.grpc_url) as client:
+        return {name for name in client.get_system_shared_memory_status().regions if name.startswith(prefix)}
+
+
+def _worker_connections(port: int) -> int:
+    """TCP connections from this process's load workers to ``port`` (their sockets' inodes in /proc/net/tcp)."""
+    inodes = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if b"tritongen.perf.worker" not in (proc / "cmdline").read_bytes():
+                continue
+            inodes |= {os.readlink(fd)[8:-1] for fd in (proc / "fd").iterdir() if os.readlink(fd).startswith("socket:[")}
+        except OSError:  # a process that ended meanwhile
+            continue
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_system_shared_memory_carries_the_data_and_is_released(perf_server, protocol):
+    """perf_analyzer's layout: a region per input per distinct request, written once, and one per
+    output; the server writes the identity's answer into the output region (so the requests really
+    point at the regions), and afterwards no segment of ours is left in /dev/shm and none is
+    registered with the server."""
+    url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
+    seen: dict[str, object] = {}
+
+    def during(event: dict) -> None:
+        if seen:
+            return
+        names = _our_regions(os.getpid())
+        seen["regions"], seen["registered"] = names, _registered(perf_server)
+        inputs = {(SHM / n).read_bytes() for n in names if "INPUT0_0_" in n}
+        output = next(SHM / n for n in names if n.endswith("-OUTPUT0"))
+        for _ in range(50):  # the server may be writing it right now: read until a whole answer is seen
+            if output.read_bytes() in inputs:
+                seen["answer_in_region"] = True
+                break
+            time.sleep(0.01)
+
+    settings = PerfSettings(levels=[2], shared_memory="system", measurement_interval_ms=800, stability_percentage=40,
+                            max_trials=12)
+    (status,) = run_perf("identity", url, settings, protocol=protocol, on_window=during).results
+    assert status.request_count > 0 and status.stable
+    inputs = {n for n in seen["regions"] if "-INPUT0_0_" in n}
+    assert len(inputs) == 64 and {n for n in seen["regions"] if n.endswith("-OUTPUT0")}, seen["regions"]
+    assert seen["registered"] == seen["regions"]  # every region registered, once, under its own name
+    assert seen.get("answer_in_region"), "the server did not write the answer into the output region"
+    assert not _our_regions(os.getpid()) and not _registered(perf_server)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_too_small_output_region_is_one_clear_error_and_nothing_is_left(perf_server, protocol):
+    """An output whose size the model does not fix gets --output-shared-memory-size per batch item
+    (as perf_analyzer sizes it); 16 bytes cannot hold 64 floats: Triton refuses every request and the
+    user is told which option to raise, and to what."""
+    url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
+    before = {p.name for p in SHM.glob("tritongen-perf-*")}
+    proc = run_cli("perf", "varlen", "-i", protocol, "-u", url, "--shape", "INPUT0:64", "--shared-memory", "system",
+                   "--output-shared-memory-size", "16", "-p", "500", check=False, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+    assert "for output 'OUTPUT0' (16 bytes) should be at least 256 bytes" in proc.stderr, proc.stderr
+    assert "raise --output-shared-memory-size (now 16 bytes per batch item) to at least 256" in proc.stderr
+    assert {p.name for p in SHM.glob("tritongen-perf-*")} <= before and not _registered(perf_server)
+    proc = run_cli("perf", "varlen", "-i", protocol, "-u", url, "--shape", "INPUT0:64", "--shared-memory", "system",
+                   "--output-shared-memory-size", "256", *QUICK, timeout=120)  # the size it asked for is enough
+    assert "Concurrency: 1, throughput:" in proc.stdout
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_releases_its_shared_memory(perf_server, sig):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM mid-measurement:
+    the regions are unregistered and unlinked on the way out."""
+    import signal
+    import subprocess
+
+    from .conftest import TRITONGEN
+
+    proc = subprocess.Popen([*TRITONGEN, "perf", "identity", "-i", "grpc", "-u", perf_server.grpc_url, "-p", "5000",
+                             "--shared-memory", "system", "--concurrency-range", "2"],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_registered(perf_server)) < 65 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(_our_regions(proc.pid)) == 65, proc.poll()  # 64 distinct requests + the output
+        time.sleep(1.0)  # load running
+        if sig == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err, err
+    assert not _our_regions(proc.pid) and not _registered(perf_server)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_sync_mode_has_every_request_in_flight_on_a_thread_of_its_own(perf_server, protocol):
+    """perf_analyzer's --sync: a thread per request in flight, each blocking on its own connection.
+    One model instance, no batching, 40 ms a request: with 4 in flight each waits for the 3 ahead of
+    it, so latency ~ 4 x 40 ms and the server queues each request for ~3 x 40 ms. The load workers
+    hold one connection per thread (over gRPC this tells sync from async, which holds one channel
+    per process; over HTTP both hold a connection per request in flight)."""
+    url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
+    port = int(url.rsplit(":", 1)[1])
+    connections = []
+    settings = PerfSettings(levels=[4], sync=True, measurement_interval_ms=1000, stability_percentage=40, max_trials=12)
+    run = run_perf("queued", url, settings, protocol=protocol, workers=2,
+                   on_window=lambda event: connections.append(_worker_connections(port)))
+    (status,) = run.results
+    assert status.achieved_concurrency > 3.5, status.achieved_concurrency
+    assert status.avg_latency_ns > 3 * 40e6, status.avg_latency_ns  # queued behind the others
+    assert status.model_stats.avg_us("queue") > 2 * 40e3, status.model_stats.avg_us("queue")
+    assert max(connections) == 4, connections
+    from tritongen.perf import report
+
+    assert "Using synchronous calls for inference (2 load processes, a thread per request in flight)" in \
+        report.settings_text(settings, run.workers, protocol)
+
+
+@pytest.mark.parametrize("mode", ["--sync", "--async"])
+def test_compare_perf_analyzer_runs_it_with_the_same_mode_and_shared_memory(perf_server, mode):
+    """The oracle runs like for like: perf_analyzer gets --sync/--async and --shared-memory system
+    too, and `tritongen perf` drives the server at least 85 % as hard (over HTTP, as the other
+    oracle test)."""
+    from tritongen.perf.perf_analyzer import find_perf_analyzer
+
+    if find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer cannot run here (scripts/setup.sh installs it with tritonclient==2.51.0)")
+    proc = run_cli("perf", "identity", "-u", perf_server.http_url, "--concurrency-range", "2", "-p", "1000", "-s", "25",
+                   "--shared-memory", "system", mode, "--compare-perf-analyzer", timeout=240)
+    lines = proc.stdout.strip().splitlines()
+    command = next(line for line in lines if line.startswith("perf_analyzer -m identity"))
+    assert f" {mode} --shared-memory system --output-shared-memory-size 102400 " in command, command
+    concurrency, ours, theirs, ratio = lines[-1].split()[:4]
+    assert concurrency == "2" and float(theirs) > 0
+    assert float(ratio) >= 0.85, lines[-2:]
+    assert not _registered(perf_server, prefix="")  # perf_analyzer unregistered its regions too
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_blocking_connections_answer_and_time_out(perf_server, protocol):
+    """The sync engines on their own: one blocking request gives the answer's times in order; a model
+    slower than the timeout gives DEADLINE_EXCEEDED within about the timeout."""
+    from tritongen.perf.engines import ENGINES
+    from tritongen.perf.worker import WorkerSpec
+
+    url = perf_server.http_url if protocol == "http" else perf_server.grpc_url
+    spec = dict(index=0, workers=1, url=url, version="", requests=[{"INPUT0": np.ones((1, 16), np.float32)}],
+                datatypes={"INPUT0": "FP32"}, outputs=["OUTPUT0"], timeout_s=1.0, protocol=protocol, sync=True)
+    engine = ENGINES[protocol](WorkerSpec(model="identity", **spec))
+    conn = engine.open_blocking()
+    try:
+        start = time.monotonic_ns()
+        outcome = conn.infer(0)
+        assert outcome.error is None and start <= outcome.sent_ns <= outcome.answered_ns <= outcome.parsed_ns, outcome
+    finally:
+        conn.close()
+        engine.close()
+    engine = ENGINES[protocol](WorkerSpec(model="slow", **spec))
+    conn = engine.open_blocking()
+    try:
+        start = time.monotonic()
+        assert conn.infer(0).error.startswith("DEADLINE_EXCEEDED")
+        assert time.monotonic() - start < 2.5
+    finally:
+        conn.close()
+        engine.close()
+
+
+def test_sync_open_loop_sends_from_a_bounded_pool_of_threads(perf_server):
+    """--sync with --request-rate-range: due sends go to 4 blocking threads (perf_analyzer's
+    --max-threads default for a request rate). A fast model gets the asked rate; the 40 ms model
+    with one instance holds each thread ~4 x 40 ms, so at most ~25 requests/s leave and the rest
+    leave late (async would send every one on time)."""
+    fast = PerfSettings(mode="request_rate", levels=[80.0], sync=True, measurement_interval_ms=1000,
+                        stability_percentage=40, max_trials=12)
+    (status,) = run_perf("identity", perf_server.http_url, fast, protocol="http", workers=1).results
+    assert abs(status.infer_per_sec - 80) <= 8 and status.delayed_request_count < status.request_count / 10, status.infer_per_sec
+    slow = PerfSettings(mode="request_rate", levels=[40.0], sync=True, measurement_interval_ms=1000,
+                        stability_percentage=40, max_trials=6)
+    (status,) = run_perf("queued", perf_server.http_url, slow, protocol="http", workers=1).results
+    assert status.achieved_concurrency < 4.2 and status.infer_per_sec < 30, (status.achieved_concurrency, status.infer_per_sec)
+    assert status.delayed_request_count > status.request_count / 2, (status.delayed_request_count, status.request_count)

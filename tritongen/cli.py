@@ -419,7 +419,10 @@ def serve(
 def infer(
     model: str = typer.Argument(..., help="Ensemble name."),
     images: List[Path] = typer.Argument(..., help="Image files, sent in batches of at most the model's max_batch_size."),
-    url: str = typer.Option("127.0.0.1:8001", "--url", "-u", help="Triton gRPC endpoint HOST:PORT."),
+    protocol: str = typer.Option("grpc", "--protocol", "-i", help="grpc | http (KServe v2 REST with binary tensors); "
+                                                               "same answers."),
+    url: Optional[str] = typer.Option(None, "--url", "-u", help="Triton endpoint HOST:PORT of that protocol "
+                                                                "(default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http)."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds to wait for each answer."),
     retries: int = typer.Option(3, "--retries", min=0, help="Retries while the server is unavailable or the model "
                                                           "is being reloaded after a crash (exponential backoff)."),
@@ -447,7 +450,8 @@ def infer(
         raise TritongenError(f"--shared-memory must be system or none, not {shared_memory!r}")
     if compression not in ("none", "gzip"):
         raise TritongenError(f"--compression must be none or gzip, not {compression!r}")
-    options = dict(retries=retries, retry_delay=retry_delay, shared_memory=shared_memory, compression=compression, ssl=ssl,
+    options = dict(protocol=protocol.lower(), retries=retries, retry_delay=retry_delay, shared_memory=shared_memory,
+                   compression=compression, ssl=ssl,
                    root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain)
     with client_for(model, url=url, timeout=timeout, **options) as client:
         results = client.run(images)
@@ -551,6 +555,14 @@ def perf(
     compare_perf_analyzer: bool = typer.Option(False, "--compare-perf-analyzer",
                                                help="Also run the real perf_analyzer with the same flags, level by "
                                                     "level interleaved, and print both."),
+    sync: bool = typer.Option(False, "--sync/--async", " /-a",
+                              help="sync: blocking calls, a thread per request in flight (perf_analyzer's default); "
+                                   "async: completion-driven (the default here: fewer threads, the same concurrency)."),
+    shared_memory: str = typer.Option("none", "--shared-memory", help="none | system: request data written once into "
+                                      "POSIX shared memory and registered with Triton (server on this host) | cuda."),
+    output_shared_memory_size: int = typer.Option(102400, "--output-shared-memory-size", min=1,
+                                                  help="With --shared-memory: bytes per batch item of each output "
+                                                       "whose size the model does not fix (BYTES, variable dims)."),
 ) -> None:
     """Measure throughput and latency the way perf_analyzer does (windows, stability, server breakdown)."""
     from .perf import GrpcTls, PerfSettings, parse_range, parse_shapes, report, run_perf
@@ -572,7 +584,8 @@ def perf(
         measurement_request_count=measurement_request_count, stability_percentage=stability_percentage,
         max_trials=max_trials, percentile=percentile, warmup_request_count=warmup_request_count,
         latency_threshold_ms=latency_threshold, timeout_s=timeout, binary_search=binary_search,
-        request_intervals_us=gaps, metrics_interval_ms=metrics_interval,
+        request_intervals_us=gaps, metrics_interval_ms=metrics_interval, sync=sync, shared_memory=shared_memory.lower(),
+        output_shared_memory_size=output_shared_memory_size,
     )
     settings.validate()
     headers = {}
@@ -591,12 +604,12 @@ def perf(
     if compare_perf_analyzer:
         from .perf.compare import compare_with_perf_analyzer, comparison_text
 
-        with console.status(f"tritongen perf and perf_analyzer on {model}, level by level"):
+        with _UnwindOnTermination(), console.status(f"tritongen perf and perf_analyzer on {model}, level by level"):
             rows = compare_with_perf_analyzer(model, url, settings, protocol=protocol, input_data=input_data,
                                               images=images, version=model_version, headers=headers)
         print(comparison_text(rows, protocol))
         return
-    with console.status("connecting") as status:
+    with _UnwindOnTermination(), console.status("connecting") as status:  # SIGTERM unwinds: shared memory is released
         def on_window(event: dict) -> None:
             label = "concurrency" if event["mode"] == "concurrency" else "request rate"
             status.update(f"{label} {event['value']:g} · window {event['trial']}/{event['max_trials']} · "
@@ -606,7 +619,7 @@ def perf(
         run = run_perf(model, url, settings, input_data=input_data, shapes=parse_shapes(shape), images=images,
                        workers=workers, compression=None if compression == "none" else compression, on_window=on_window,
                        protocol=protocol, version=model_version, headers=headers, tls=tls)
-    print(report.settings_text(settings, run.workers))
+    print(report.settings_text(settings, run.workers, protocol))
     for result in run.results:
         print(report.level_text(result))
         for warning in result.warnings:

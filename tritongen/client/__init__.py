@@ -1,10 +1,11 @@
-"""Client SDK: call tritongen ensembles over gRPC (sync or asyncio) and get typed results."""
+"""Client SDK: call tritongen ensembles over gRPC or HTTP (sync or asyncio) and get typed results."""
 from ..results import Classification, Detection, Segmentation
 from .aio import AsyncTritonClient, async_client_for
 from .base import TritonClient, read_image_bytes
 from .classification import AsyncClassificationClient, ClassificationClient
 from .detection import AsyncDetectionClient, DetectionClient
-from .options import DEFAULT_URL, ClientOptions
+from .options import ClientOptions
+from .protocols import PROTOCOLS
 from .segmentation import AsyncSegmentationClient, SegmentationClient
 from .tasks import TASKS, Task, task_of
 
@@ -12,13 +13,13 @@ __all__ = [
     "TritonClient", "AsyncTritonClient", "ClientOptions", "read_image_bytes", "client_for", "async_client_for",
     "ClassificationClient", "DetectionClient", "SegmentationClient",
     "AsyncClassificationClient", "AsyncDetectionClient", "AsyncSegmentationClient",
-    "Classification", "Detection", "Segmentation", "Task", "TASKS", "task_of",
+    "Classification", "Detection", "Segmentation", "Task", "TASKS", "task_of", "PROTOCOLS",
 ]
 
 
-def client_for(model: str, url: str = DEFAULT_URL, timeout: float = 30.0, **options) -> TritonClient:
+def client_for(model: str, url: str | None = None, timeout: float = 30.0, **options) -> TritonClient:
     """The task client that fits ``model``, told apart by the outputs in its config.
-    ``options``: the fields of ``ClientOptions`` (retries, compression, shared_memory, TLS, ...)."""
+    ``options``: the fields of ``ClientOptions`` (protocol, retries, compression, shared_memory, TLS, ...)."""
     with TritonClient(model, url=url, timeout=timeout, **{**options, "shared_memory": "none"}) as probe:
         info = probe._run(probe._model_info_plan())
     client = TritonClient.for_task(task_of(model, info.outputs))(model, url=url, timeout=timeout, **options)

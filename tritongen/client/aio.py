@@ -1,4 +1,5 @@
-"""The asyncio gRPC client: runs the shared plans (``core.py``) with ``tritonclient.grpc.aio``;
+"""The asyncio client: runs the shared plans (``core.py``) with ``tritonclient.grpc.aio`` or
+``tritonclient.http.aio`` (``protocols.py``);
 the requests of a split batch go out concurrently (at most ``concurrency`` at a time)."""
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 
 from ..errors import ClientError
 from .core import ClientCore, ImageSource, merge_requests
-from .options import DEFAULT_URL
 from .plans import Call, Plan, Sleep, Step
 from .tasks import task_of
 
@@ -19,19 +19,17 @@ class AsyncTritonClient(ClientCore):
 
     _clients: dict[str, type] = {}
 
-    def __init__(self, model: str, url: str = DEFAULT_URL, timeout: float = 30.0, verbose: bool = False, **options):
+    def __init__(self, model: str, url: str | None = None, timeout: float = 30.0, verbose: bool = False, **options):
         super().__init__(model, url=url, timeout=timeout, verbose=verbose, **options)
-        self._client = None  # created inside the running loop, on first use
+        self._session = None  # created inside the running loop, on first use
 
     def _connection(self):
-        if self._client is None:
-            import tritonclient.grpc.aio as aioclient
-
+        if self._session is None:
             try:
-                self._client = aioclient.InferenceServerClient(**self.options.connection())
+                self._session = self.protocol.connect_async(self.options)
             except Exception as exc:
-                raise ClientError(f"cannot create a gRPC client for {self.url!r}: {exc}") from None
-        return self._client
+                raise ClientError(f"cannot create a {self.protocol.label} client for {self.url!r}: {exc}") from None
+        return self._session
 
     # --------------------------------------------------------------------- the driver
 
@@ -53,7 +51,7 @@ class AsyncTritonClient(ClientCore):
 
     async def _perform(self, step: Step):
         if isinstance(step, Call):
-            call = getattr(self._connection(), step.method)(*step.args, **step.kwargs)
+            call = self._connection().perform(step)
             if not step.atomic:
                 return await call
             running = asyncio.ensure_future(call)
@@ -97,8 +95,8 @@ class AsyncTritonClient(ClientCore):
         try:
             await self._run(self._close_plan())
         finally:
-            if self._client is not None:
-                await self._client.close()
+            if self._session is not None:
+                await self._session.close()
 
     async def __aenter__(self):
         return self
@@ -107,7 +105,7 @@ class AsyncTritonClient(ClientCore):
         await self.close()
 
 
-async def async_client_for(model: str, url: str = DEFAULT_URL, timeout: float = 30.0, **options) -> AsyncTritonClient:
+async def async_client_for(model: str, url: str | None = None, timeout: float = 30.0, **options) -> AsyncTritonClient:
     """The asyncio task client that fits ``model`` (``async with await async_client_for(...)``)."""
     async with AsyncTritonClient(model, url=url, timeout=timeout, **{**options, "shared_memory": "none"}) as probe:
         info = await probe._run(probe._model_info_plan())

@@ -1,4 +1,5 @@
-"""The synchronous gRPC client: runs the shared plans (``core.py``) with ``tritonclient.grpc``."""
+"""The synchronous client: runs the shared plans (``core.py``) over a protocol session
+(``protocols.py``: ``tritonclient.grpc`` or ``tritonclient.http``)."""
 from __future__ import annotations
 
 import time
@@ -8,28 +9,25 @@ import numpy as np
 
 from ..errors import ClientError
 from .core import ClientCore, ImageSource, merge_requests, read_image_bytes
-from .options import DEFAULT_URL
 from .plans import Call, Plan, Sleep, Step
 
 __all__ = ["TritonClient", "ImageSource", "read_image_bytes"]
 
 
 class TritonClient(ClientCore):
-    """A connection to one model on a Triton server (gRPC). Thread-safe."""
+    """A connection to one model on a Triton server (gRPC or HTTP). Thread-safe."""
 
     _clients: dict[str, type] = {}
 
-    def __init__(self, model: str, url: str = DEFAULT_URL, timeout: float = 30.0, verbose: bool = False, **options):
+    def __init__(self, model: str, url: str | None = None, timeout: float = 30.0, verbose: bool = False, **options):
         super().__init__(model, url=url, timeout=timeout, verbose=verbose, **options)
-        import tritonclient.grpc as grpcclient
-
         try:
-            self._client = grpcclient.InferenceServerClient(**self.options.connection())
+            self._session = self.protocol.connect(self.options)
         except Exception as exc:  # tritonclient raises plain exceptions for malformed URLs / unreadable PEM files
             self._closed = True
             if self._shm is not None:
                 self._shm.destroy_all()
-            raise ClientError(f"cannot create a gRPC client for {self.url!r}: {exc}") from None
+            raise ClientError(f"cannot create a {self.protocol.label} client for {self.url!r}: {exc}") from None
 
     # --------------------------------------------------------------------- the driver
 
@@ -51,7 +49,7 @@ class TritonClient(ClientCore):
 
     def _perform(self, step: Step):
         if isinstance(step, Call):
-            return getattr(self._client, step.method)(*step.args, **step.kwargs)
+            return self._session.perform(step)
         if isinstance(step, Sleep):
             time.sleep(step.seconds)
             return None
@@ -79,7 +77,7 @@ class TritonClient(ClientCore):
         try:
             self._run(self._close_plan())
         finally:
-            self._client.close()
+            self._session.close()
 
     def __enter__(self):
         return self

@@ -18,8 +18,9 @@ import tritongen  # noqa: F401  (loads zlib before paddle can shadow it; tritonc
 
 from ..errors import ClientError
 from .model import ModelInfo
-from .options import DEFAULT_URL, ClientOptions
+from .options import ClientOptions
 from .plans import Gather, Plan, Sleep, rpc
+from .protocols import PROTOCOLS
 from .shm import Region, ShmPool, Slot, input_capacity, output_layout
 from .tasks import Task
 
@@ -49,11 +50,14 @@ class ClientCore:
         if cls.__dict__.get("task") is not None:
             cls._clients[cls.task.name] = cls
 
-    def __init__(self, model: str, url: str = DEFAULT_URL, timeout: float = 30.0, verbose: bool = False, **options):
-        """``options``: the fields of ``ClientOptions`` (retries, retry_delay, compression,
-        shared_memory, ssl, root_certificates, private_key, certificate_chain, concurrency)."""
+    def __init__(self, model: str, url: str | None = None, timeout: float = 30.0, verbose: bool = False, **options):
+        """``url``: HOST:PORT (default Triton's port of the protocol: 8001 gRPC, 8000 HTTP);
+        ``options``: the fields of ``ClientOptions`` (protocol, retries, retry_delay,
+        compression, shared_memory, ssl, root_certificates, private_key, certificate_chain,
+        concurrency)."""
         self.model = model
         self.options = ClientOptions(url=url, timeout=timeout, verbose=verbose, **options)
+        self.protocol = PROTOCOLS[self.options.protocol]
         self._info: ModelInfo | None = None
         self._closed = False
         self._shm = ShmPool() if self.options.shared_memory == "system" else None
@@ -92,12 +96,13 @@ class ClientCore:
         """The model's config, read once per client."""
         if self._info is None:
             response = yield from self._rpc(f"model {self.model!r}", "get_model_config", self.model,
-                                            client_timeout=self.control_timeout)
-            self._info = ModelInfo.from_config(response.config)
+                                            timeout=self.control_timeout)
+            self._info = ModelInfo.from_config(self.protocol.model_config(response))
         return self._info
 
     def _metadata_plan(self) -> Plan:
-        return (yield from self._rpc(f"model {self.model!r}", "get_model_metadata", self.model))
+        """``service_pb2.ModelMetadataResponse`` whatever the protocol."""
+        return self.protocol.model_metadata((yield from self._rpc(f"model {self.model!r}", "get_model_metadata", self.model)))
 
     def _ready_plan(self) -> Plan:
         return bool((yield from self._rpc("health check", "is_model_ready", self.model)))
@@ -142,10 +147,9 @@ class ClientCore:
 
     def _request_plan(self, info: ModelInfo, batch: np.ndarray, outputs: list[str]) -> Plan:
         """One inference request: IMAGE [n, 1] BYTES in, ``outputs`` back as arrays."""
-        from tritonclient.grpc import InferInput, InferRequestedOutput
-
-        image = InferInput(info.image.name, list(batch.shape), "BYTES")
-        requested = [InferRequestedOutput(name) for name in outputs]
+        tensors = self.protocol.tensors()
+        image = tensors.InferInput(info.image.name, list(batch.shape), "BYTES")
+        requested = [tensors.InferRequestedOutput(name) for name in outputs]
         slot = None if self._shm is None else (yield from self._slot_plan(info))
         finished = False
         try:
@@ -155,7 +159,7 @@ class ClientCore:
                 yield from self._bind_plan(slot, image, batch, requested)
             result = yield from self._rpc(
                 f"inference on {self.model!r}", "infer", info.name, [image], outputs=requested,
-                compression_algorithm=self.options.compression_algorithm,
+                compression=self.options.compression_algorithm,
             )
             arrays = {name: self._output(result, name, slot) for name in outputs}
             finished = True
@@ -164,12 +168,11 @@ class ClientCore:
             if slot is not None:  # a request that did not finish may still be written to: never reuse it
                 (self._shm.release if finished else self._shm.retire)(slot)
 
-    @staticmethod
-    def _output(result, name: str, slot: Slot | None) -> np.ndarray:
+    def _output(self, result, name: str, slot: Slot | None) -> np.ndarray:
         if slot is None or name not in slot.layout:
             return result.as_numpy(name)
-        tensor = result.get_output(name)
-        return slot.output.read(tensor.datatype, list(tensor.shape), slot.layout[name][0])
+        datatype, shape = self.protocol.output_tensor(result, name)
+        return slot.output.read(datatype, shape, slot.layout[name][0])
 
     # ------------------------------------------------------------------- shared memory
 
@@ -214,7 +217,7 @@ class ClientCore:
             yield from self._rpc(
                 f"registering system shared memory {region.key} (shared_memory='system' needs Triton on this machine)",
                 "register_system_shared_memory", region.name, region.key, region.size, atomic=True,
-                client_timeout=self.control_timeout,
+                timeout=self.control_timeout,
             )
         except BaseException:  # failed, timed out or cancelled: the server may have registered it all the same
             self._shm.retire_region(region)
@@ -235,7 +238,7 @@ class ClientCore:
             while True:
                 try:
                     yield from self._rpc("unregistering shared memory", "unregister_system_shared_memory", region.name,
-                                         retry=False, atomic=True, client_timeout=self.control_timeout)
+                                         retry=False, atomic=True, timeout=self.control_timeout)
                     break
                 except ClientError as exc:  # gone, never knew the region, or still using it
                     in_use = "in use" in str(exc)

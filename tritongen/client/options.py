@@ -1,4 +1,4 @@
-"""How a client talks to Triton: endpoint, timeouts, retries, compression, TLS, shared memory."""
+"""How a client talks to Triton: protocol, endpoint, timeouts, retries, compression, TLS, shared memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,21 +7,8 @@ from typing import Iterator
 
 from ..errors import ClientError
 
-DEFAULT_URL = "127.0.0.1:8001"
 COMPRESSIONS = ("none", "gzip", "deflate")
 SHARED_MEMORY = ("none", "system")
-
-# tritonclient's own channel defaults (replacing channel_args drops them, so they are repeated
-# here), plus a reconnect backoff no longer than a second: gRPC's default grows to 120 s, which
-# would make a retried call fail on the cached connection error long after the server is up.
-_MAX_MESSAGE = 2**31 - 1
-_KEEPALIVE = {
-    "grpc.keepalive_time_ms": 2**31 - 1,
-    "grpc.keepalive_timeout_ms": 20000,
-    "grpc.keepalive_permit_without_calls": False,
-    "grpc.http2.max_pings_without_data": 2,
-}
-
 
 @dataclass(frozen=True)
 class ClientOptions:
@@ -37,10 +24,12 @@ class ClientOptions:
     ``compression`` compresses requests (``gzip``/``deflate``). TLS is on with ``ssl=True`` or
     any of the PEM files (paths). ``shared_memory="system"`` moves the images and the
     fixed-size outputs through POSIX shared memory (server on this host only).
-    ``concurrency`` caps the requests one asyncio call keeps in flight.
+    ``concurrency`` caps the requests one asyncio call keeps in flight. ``protocol``: ``grpc``
+    or ``http`` (KServe v2 REST with binary tensors); both give the same answers.
     """
 
-    url: str = DEFAULT_URL
+    url: str | None = None  # HOST:PORT; None: 127.0.0.1 and Triton's default port of the protocol
+    protocol: str = "grpc"
     timeout: float = 30.0
     retries: int = 3  # 0.5 + 1 + 2 s: a model reloaded after a crash answers again within them
     retry_delay: float = 0.5
@@ -54,10 +43,15 @@ class ClientOptions:
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        from .protocols import PROTOCOLS
+
+        protocol = PROTOCOLS.lookup(self.protocol, ClientError)
+        if self.url is None:
+            object.__setattr__(self, "url", protocol.default_url())
         if not isinstance(self.url, str) or not self.url.strip():
             raise ClientError(f"url must be HOST:PORT, got {self.url!r}")
         if "://" in self.url:
-            raise ClientError(f"url is HOST:PORT for gRPC, without a scheme: {self.url!r}")
+            raise ClientError(f"url is HOST:PORT, without a scheme (protocol={self.protocol!r} says how): {self.url!r}")
         if not self.timeout or self.timeout <= 0:
             raise ClientError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if int(self.retries) != self.retries or self.retries < 0:
@@ -84,25 +78,6 @@ class ClientOptions:
     def retry_delays(self) -> Iterator[float]:
         """Seconds to wait before each retry: retry_delay, 2x, 4x, ... (``retries`` of them)."""
         return (self.retry_delay * 2**i for i in range(int(self.retries)))
-
-    def connection(self) -> dict:
-        """Keyword arguments of tritonclient's ``InferenceServerClient`` (sync and aio alike)."""
-        backoff_ms = int(min(max(self.retry_delay, 0.1), 1.0) * 1000)
-        return {
-            "url": self.url,
-            "verbose": self.verbose,
-            "ssl": self.tls,
-            "root_certificates": None if self.root_certificates is None else str(self.root_certificates),
-            "private_key": None if self.private_key is None else str(self.private_key),
-            "certificate_chain": None if self.certificate_chain is None else str(self.certificate_chain),
-            "channel_args": [
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                *_KEEPALIVE.items(),
-                ("grpc.initial_reconnect_backoff_ms", backoff_ms),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        }
 
     @property
     def compression_algorithm(self) -> str | None:

@@ -5,8 +5,9 @@ shared memory, retry, decode results — is written once, as a *plan*: a generat
 steps and receives their results. The sync client (``base.py``) and the asyncio client
 (``aio.py``) only perform the steps:
 
-- ``Call``: one method of tritonclient's ``InferenceServerClient`` (same names and arguments
-  in ``tritonclient.grpc`` and ``tritonclient.grpc.aio``); its result is sent back, its
+- ``Call``: one method of tritonclient's ``InferenceServerClient`` (same names and positional
+  arguments in ``tritonclient.grpc`` / ``.http`` and their ``aio``; ``protocols.py`` passes the
+  timeout and ``compression`` as each protocol wants); its result is sent back, its
   exception thrown back into the plan, which translates it. An ``atomic`` call (shared-memory
   registration) is never abandoned half-way: a cancelled asyncio task waits for its answer,
   so the server never holds a region the client believes unregistered;
@@ -29,6 +30,7 @@ class Call:
     method: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    timeout: float = 30.0  # seconds
     atomic: bool = False  # runs to its end even when the caller is cancelled: its outcome must be known
 
 
@@ -47,13 +49,13 @@ Plan = Generator[Step, Any, Any]
 
 
 def rpc(options: ClientOptions, what: str, method: str, *args, retry: bool = True, atomic: bool = False,
-        **kwargs) -> Plan:
-    """Call ``method``; retry with exponential backoff while the server is unavailable."""
-    kwargs.setdefault("client_timeout", options.timeout)
+        timeout: float | None = None, **kwargs) -> Plan:
+    """Call ``method`` (``timeout``: seconds, default the client's); retry with exponential
+    backoff while the server is unavailable."""
     delays = options.retry_delays() if retry else iter(())
     while True:
         try:
-            return (yield Call(method, args, kwargs, atomic))
+            return (yield Call(method, args, kwargs, options.timeout if timeout is None else timeout, atomic))
         except Exception as exc:  # whatever the transport raised: translated here, once
             error, transient = translate(exc, what, options)
             delay = next(delays, None) if transient else None

@@ -3,9 +3,11 @@
     run = run_perf("resnet", url="127.0.0.1:8001", settings=PerfSettings(levels=[1, 2, 4]), images="photos/")
     print(report.summary_text(run.results))
 
-Inputs come from the model's metadata/config (inputs.py); load from worker processes each
-sending from gRPC completion callbacks (worker.py, load.py); windows, stability and server statistics
-follow perf_analyzer (measure.py); outputs are its console text, CSV and profile export (report.py).
+Inputs come from the model's metadata/config (inputs.py), inline or in shared memory (shm.py);
+load from worker processes sending over gRPC or HTTP from completion callbacks or, with
+``sync``, from a blocking thread per request in flight (engines.py, worker.py, load.py); windows,
+stability and server statistics follow perf_analyzer (measure.py); outputs are its console
+text, CSV and profile export (report.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .inputs import ModelInfo, build_requests, inspect_model, parse_shapes
 from .load import LoadManager
 from .measure import PerfSettings, PerfStatus, Profiler
 from .engines import GrpcTls
+from .shm import SHARED_MEMORY
 from .worker import WorkerSpec
 
 __all__ = ["run_perf", "PerfRun", "PerfSettings", "PerfStatus", "PerfError", "GrpcTls", "parse_range", "parse_shapes",
@@ -121,7 +124,9 @@ def run_perf(
     """``protocol``: ``grpc`` or ``http`` (KServe v2 REST with binary tensors), for the load and the
     control calls alike; ``url`` is that protocol's HOST:PORT. ``version``: the model version (""
     = the server's choice), ``headers``: added to every inference request, ``tls``: a TLS gRPC
-    channel (perf_analyzer's ``-x``, ``-H``, ``--ssl-grpc-*``)."""
+    channel (perf_analyzer's ``-x``, ``-H``, ``--ssl-grpc-*``). ``settings.sync`` and
+    ``settings.shared_memory`` choose perf_analyzer's ``--sync``/``--async`` and ``--shared-memory``;
+    shared-memory regions live exactly as long as this call, whatever ends it."""
     settings = settings or PerfSettings()
     settings.validate()
     if compression not in (None, "gzip", "deflate"):
@@ -138,13 +143,18 @@ def run_perf(
             raise PerfError(f"model {model!r}: {exc.message()}") from None
         requests = build_requests(info, settings.batch_size, input_data, shapes, images)
         n_workers = workers or default_workers(settings)
-        spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version=version, requests=requests,
-                          datatypes={t.name: t.datatype for t in info.inputs}, outputs=[t.name for t in info.outputs],
-                          timeout_s=settings.timeout_s, compression=compression, protocol=protocol,
-                          headers=tuple((headers or {}).items()), tls=tls)
-        with LoadManager(spec, n_workers) as manager:
-            profiler = Profiler(settings, info, manager, client, on_window)
-            results = profiler.sweep()
+        with SHARED_MEMORY.lookup(settings.shared_memory, PerfError)(settings.output_shared_memory_size) as shm:
+            layout = shm.setup(client, url, info, requests, settings.batch_size)
+            spec = WorkerSpec(index=0, workers=n_workers, url=url, model=model, version=version, requests=requests,
+                              datatypes={t.name: t.datatype for t in info.inputs}, outputs=[t.name for t in info.outputs],
+                              timeout_s=settings.timeout_s, compression=compression, protocol=protocol,
+                              headers=tuple((headers or {}).items()), tls=tls, sync=settings.sync, shm=layout)
+            try:
+                with LoadManager(spec, n_workers) as manager:  # the workers stop before the regions go
+                    profiler = Profiler(settings, info, manager, client, on_window, protocol)
+                    results = profiler.sweep()
+            except PerfError as exc:
+                raise PerfError(shm.explain(str(exc))) from None
         return PerfRun(info, settings, results, n_workers, profiler.timeline)
     finally:
         client.close()

@@ -1,6 +1,7 @@
 """``tritongen perf --compare-perf-analyzer``: the real perf_analyzer on the same model, server and
 flags, interleaved level by level with ``tritongen perf`` (machines are noisy: side by side or not
-at all), both throughputs and p99 latencies printed with their ratio."""
+at all), both throughputs and p99 latencies printed with their ratio. perf_analyzer gets the same
+call mode (``--sync``/``--async``; its own default would be sync) and the same shared memory."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ class LevelComparison:
     perf_analyzer: float | None  # None: perf_analyzer found no stable measurement (``problem`` says why)
     perf_analyzer_p99_us: float | None
     problem: str | None = None
+    perf_analyzer_command: tuple[str, ...] = ()  # how perf_analyzer ran at this level
 
     @property
     def ratio(self) -> float | None:
@@ -43,12 +45,14 @@ def compare_with_perf_analyzer(model: str, url: str, settings: PerfSettings, *, 
             model, url, [int(level)], images=images, input_data=None if images is not None else input_data,
             measurement_interval_ms=settings.measurement_interval_ms, stability_percentage=settings.stability_percentage,
             max_trials=settings.max_trials, batch_size=settings.batch_size, protocol=protocol, extra_args=extra,
+            sync=settings.sync, shared_memory=settings.shared_memory,
+            output_shared_memory_size=settings.output_shared_memory_size if settings.shared_memory != "none" else None,
         )
         row = theirs.level(int(level))
         rows.append(LevelComparison(
             int(level), ours.infer_per_sec, ours.percentile_latency_ns[99] / 1000,
             row.throughput if row else None, row.p99_ms * 1000 if row else None,
-            None if row else theirs.failures.get(int(level), "no result"),
+            None if row else theirs.failures.get(int(level), "no result"), tuple(theirs.commands[-1]),
         ))
     return rows
 
@@ -63,4 +67,6 @@ def comparison_text(rows: list[LevelComparison], protocol: str) -> str:
         p99 = f"{r.tritongen_p99_us:.0f} / {r.perf_analyzer_p99_us:.0f}" if r.perf_analyzer_p99_us else f"{r.tritongen_p99_us:.0f} / -"
         lines.append(f"{r.concurrency:>11}  {r.tritongen:17.1f}  {theirs}  {ratio}  {p99:>17}"
                      + (f"  ({r.problem})" if r.problem else ""))
+    if rows and rows[0].perf_analyzer_command:
+        lines.insert(1, "perf_analyzer " + " ".join(rows[0].perf_analyzer_command[1:]))
     return "\n".join(lines)

@@ -6,9 +6,19 @@ light model (measured on 2 cores: tritonclient's ``async_infer`` reached 49–68
 perf_analyzer's throughput; the same requests pre-serialized 70–86 % over gRPC, and over HTTP/1.1
 more than perf_analyzer itself, at ~30 µs of client CPU a request).
 
-``send(index, on_done)`` sends request ``index``; ``on_done(answered_ns, parsed_ns, error)`` runs
-when the answer is in (``answered_ns``: last byte received; ``parsed_ns``: after unmarshalling
-the response, which perf_analyzer times as "Client Recv"; ``error``: None or a message).
+Two ways to send, perf_analyzer's ``--async`` and ``--sync``:
+
+``send(index, on_done)`` (async) sends request ``index``; ``on_done(answered_ns, parsed_ns, error)``
+runs when the answer is in (``answered_ns``: last byte received; ``parsed_ns``: after
+unmarshalling the response, which perf_analyzer times as "Client Recv"; ``error``: None or a
+message).
+
+``open_blocking()`` (sync) gives a :class:`BlockingConnection` of its own (a gRPC channel, an
+HTTP connection) for one thread; its ``infer(index)`` sends, blocks until the answer is in and
+returns an :class:`Outcome` with the same times.
+
+With ``--shared-memory system`` the request bytes carry region references instead of tensor data
+(``spec.shm``: a perf.shm.ShmLayout); the answers then carry no output data either.
 """
 from __future__ import annotations
 
@@ -24,10 +34,11 @@ import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
+from ..client.protocols import http_message, http_model_config, http_model_metadata
 from ..registry import Registry
 
 OnDone = Callable[[int, int, "str | None"], None]
@@ -51,7 +62,7 @@ class GrpcTls:
                                             read(self.certificate_chain))
 
 
-def _raw(array: np.ndarray, datatype: str) -> bytes:
+def wire_bytes(array: np.ndarray, datatype: str) -> bytes:
     """The tensor's bytes as Triton's binary protocols carry them (BYTES: 4-byte length + bytes each)."""
     if datatype == "BYTES":
         from tritonclient.utils import serialize_byte_tensor
@@ -61,8 +72,32 @@ def _raw(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+class Outcome(NamedTuple):
+    """One blocking request: when it was sent, answered, unmarshalled (monotonic ns), and its error."""
+
+    sent_ns: int
+    answered_ns: int
+    parsed_ns: int
+    error: str | None
+
+
+class BlockingConnection(ABC):
+    """One thread's own connection for sync mode: one request at a time, blocking."""
+
+    @abstractmethod
+    def infer(self, index: int) -> Outcome:
+        """Send request ``index`` and wait for its answer (or its error, or the timeout)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+
 class Engine(ABC):
     protocol: ClassVar[str]
+    label: ClassVar[str]  # how perf_analyzer names the protocol in "Avg <label> time"
+    exchange_label: ClassVar[str]  # perf_analyzer's name for send + receive in that line
+    completion: ClassVar[str]  # how async answers come back, for the settings text
 
     def __init__(self, spec: Any):
         self.spec = spec
@@ -70,6 +105,10 @@ class Engine(ABC):
     @abstractmethod
     def send(self, index: int, on_done: OnDone) -> None:
         """Send request ``index``; ``on_done`` runs once with its outcome."""
+
+    @abstractmethod
+    def open_blocking(self) -> BlockingConnection:
+        """A connection of its own for one sync-mode thread."""
 
     @abstractmethod
     def close(self) -> None:
@@ -87,9 +126,14 @@ ENGINES: Registry[type[Engine]] = Registry("protocol", key="protocol")
 
 @ENGINES.register
 class GrpcEngine(Engine):
-    """Unary ``ModelInfer`` on one channel, the request protobuf serialized once per distinct request."""
+    """Unary ``ModelInfer``, the request protobuf serialized once per distinct request: async on one
+    channel with completion callbacks, sync on a channel per thread with blocking calls."""
 
     protocol = "grpc"
+    label = "gRPC"
+    exchange_label = "(un)marshal request/response"
+    completion = "gRPC callbacks"
+    METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
     def __init__(self, spec: Any):
         super().__init__(spec)
@@ -98,24 +142,37 @@ class GrpcEngine(Engine):
 
         self._grpc, self._response = grpc, service_pb2.ModelInferResponse
         self.payloads = []
-        for data in spec.requests:
+        for index, data in enumerate(spec.requests):
             request = service_pb2.ModelInferRequest(model_name=spec.model, model_version=spec.version or "")
             for name, array in data.items():
                 tensor = request.inputs.add()
                 tensor.name, tensor.datatype = name, spec.datatypes[name]
                 tensor.shape.extend(int(d) for d in array.shape)
-                request.raw_input_contents.append(_raw(array, spec.datatypes[name]))
+                if spec.shm is None:
+                    request.raw_input_contents.append(wire_bytes(array, spec.datatypes[name]))
+                else:
+                    spec.shm.inputs[index][name].fill(tensor.parameters)
             for name in spec.outputs:
-                request.outputs.add().name = name
+                output = request.outputs.add()
+                output.name = name
+                if spec.shm is not None:
+                    spec.shm.outputs[name].fill(output.parameters)
             self.payloads.append(request.SerializeToString())
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        if spec.tls is None:
-            self.channel = grpc.insecure_channel(spec.url, options=options)
-        else:
-            self.channel = grpc.secure_channel(spec.url, spec.tls.credentials(), options=options)
+        self.channel = self._channel()
         self.metadata = tuple((name.lower(), value) for name, value in spec.headers) or None
-        self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        self.call = self.channel.unary_unary(self.METHOD)
         self.compression = {None: None, "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[spec.compression]
+
+    def _channel(self, own_connection: bool = False):
+        """``own_connection``: a subchannel (TCP connection) not shared with the process's other channels."""
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                   *([("grpc.use_local_subchannel_pool", 1)] if own_connection else [])]
+        if self.spec.tls is None:
+            return self._grpc.insecure_channel(self.spec.url, options=options)
+        return self._grpc.secure_channel(self.spec.url, self.spec.tls.credentials(), options=options)
+
+    def open_blocking(self) -> BlockingConnection:
+        return _GrpcBlocking(self)
 
     def send(self, index: int, on_done: OnDone) -> None:
         future = self.call.future(self.payloads[index], timeout=self.spec.timeout_s, compression=self.compression,
@@ -148,6 +205,32 @@ class GrpcEngine(Engine):
                                                 private_key=tls.private_key, certificate_chain=tls.certificate_chain)
 
 
+class _GrpcBlocking(BlockingConnection):
+    """A channel of its own and blocking ``ModelInfer`` calls. The request bytes are ready, so
+    "sent" is when the call starts: gRPC's blocking call does not say when the last byte left."""
+
+    def __init__(self, engine: GrpcEngine):
+        self.engine = engine
+        self.channel = engine._channel(own_connection=True)
+        self.call = self.channel.unary_unary(engine.METHOD)
+
+    def infer(self, index: int) -> Outcome:
+        engine = self.engine
+        sent = time.monotonic_ns()
+        try:
+            raw = self.call(engine.payloads[index], timeout=engine.spec.timeout_s, compression=engine.compression,
+                            metadata=engine.metadata)
+        except engine._grpc.RpcError as exc:
+            answered = time.monotonic_ns()
+            return Outcome(sent, answered, answered, f"{exc.code().name}: {exc.details()}")
+        answered = time.monotonic_ns()
+        engine._response.FromString(raw)
+        return Outcome(sent, answered, time.monotonic_ns(), None)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 class _HttpControl:
     """The few control calls ``perf`` makes (liveness, model metadata / config, statistics) over
     KServe v2 REST, answered as the protobuf messages tritonclient.grpc returns, so the rest of
@@ -158,11 +241,7 @@ class _HttpControl:
 
         self.client = httpclient.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=timeout_s)
 
-    @staticmethod
-    def _message(data, message):
-        from google.protobuf import json_format
-
-        return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    _message = staticmethod(http_message)
 
     def is_server_live(self, client_timeout=None) -> bool:
         return self.client.is_server_live()
@@ -176,23 +255,73 @@ class _HttpControl:
         return self._message({"models": self.client.get_model_repository_index()}, service_pb2.RepositoryIndexResponse())
 
     def get_model_metadata(self, model: str, version: str = "", client_timeout=None):
-        from tritonclient.grpc import service_pb2
-
-        return self._message(self.client.get_model_metadata(model, version), service_pb2.ModelMetadataResponse())
+        return http_model_metadata(self.client.get_model_metadata(model, version))
 
     def get_model_config(self, model: str, version: str = "", client_timeout=None):
-        from tritonclient.grpc import model_config_pb2, service_pb2
+        from tritonclient.grpc import service_pb2
 
-        config = self._message(self.client.get_model_config(model, version), model_config_pb2.ModelConfig())
-        return service_pb2.ModelConfigResponse(config=config)
+        return service_pb2.ModelConfigResponse(config=http_model_config(self.client.get_model_config(model, version)))
 
     def get_inference_statistics(self, model_name: str = "", version: str = "", client_timeout=None):
         from tritonclient.grpc import service_pb2
 
         return self._message(self.client.get_inference_statistics(model_name, version), service_pb2.ModelStatisticsResponse())
 
+    def register_system_shared_memory(self, name: str, key: str, byte_size: int, offset: int = 0, client_timeout=None):
+        self.client.register_system_shared_memory(name, key, byte_size, offset)
+
+    def unregister_system_shared_memory(self, name: str = "", client_timeout=None):
+        self.client.unregister_system_shared_memory(name)
+
+    def get_system_shared_memory_status(self, region_name: str = "", client_timeout=None):
+        from tritonclient.grpc import service_pb2
+
+        regions = self.client.get_system_shared_memory_status(region_name)
+        return self._message({"regions": {r["name"]: r for r in regions}}, service_pb2.SystemSharedMemoryStatusResponse())
+
     def close(self) -> None:
         self.client.close()
+
+
+@dataclass
+class _HttpAnswer:
+    status: str  # "200", "400", ...
+    fields: dict[str, str]  # header fields, lower-case names
+    body: bytes
+
+    @property
+    def error(self) -> str | None:
+        if self.status == "200":
+            return None
+        try:
+            message = json.loads(self.body).get("error", self.body[:200].decode(errors="replace"))
+        except ValueError:
+            message = self.body[:200].decode(errors="replace")
+        return f"HTTP {self.status}: {message}"
+
+    @property
+    def closes(self) -> bool:
+        return self.fields.get("connection", "").lower() == "close"
+
+    def unmarshal(self) -> None:
+        """Parse the JSON header: the unmarshalling perf_analyzer times as "Client Recv"."""
+        json.loads(self.body[: int(self.fields.get("inference-header-content-length", len(self.body)))])
+
+
+def _take_answer(buffer: bytearray) -> _HttpAnswer | None:
+    """The first complete HTTP response in ``buffer`` (removed from it), or None while incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(fields.get("content-length", 0))
+    if len(buffer) < end + 4 + length:
+        return None
+    body = bytes(buffer[end + 4 : end + 4 + length])
+    del buffer[: end + 4 + length]
+    status = lines[0].split(" ", 2)
+    return _HttpAnswer(status[1] if len(status) > 1 else "?", fields, body)
 
 
 class _Connection:
@@ -217,10 +346,14 @@ class _Connection:
 @ENGINES.register
 class HttpEngine(Engine):
     """KServe v2 REST with Triton's binary tensor extension over keep-alive HTTP/1.1 connections,
-    one per request in flight (what perf_analyzer's HTTP client does), driven by one selector
-    thread; each distinct request's bytes are built once."""
+    one per request in flight (what perf_analyzer's HTTP client does): async driven by one
+    selector thread, sync by blocking sockets, one per thread; each distinct request's bytes are
+    built once."""
 
     protocol = "http"
+    label = "HTTP"
+    exchange_label = "send/recv"
+    completion = "one selector thread each"
 
     @staticmethod
     def control_client(url: str, timeout_s: float, tls: GrpcTls | None = None) -> Any:
@@ -233,7 +366,8 @@ class HttpEngine(Engine):
             raise ValueError(f"HTTP endpoint {spec.url!r}: expected HOST:PORT")
         self.address = (host.strip("[]"), int(port))
         version = f"/versions/{spec.version}" if spec.version else ""
-        self.requests = [self._request(f"/v2/models/{spec.model}{version}/infer", data) for data in spec.requests]
+        self.requests = [self._request(f"/v2/models/{spec.model}{version}/infer", index, data)
+                         for index, data in enumerate(spec.requests)]
         self.idle: list[_Connection] = []
         self.busy: set[_Connection] = set()
         self.queue: collections.deque = collections.deque()
@@ -242,16 +376,21 @@ class HttpEngine(Engine):
         os.set_blocking(self.wake_r, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
         self.closed = False
-        self.thread = threading.Thread(target=self._loop, name="tritongen-http-load", daemon=True)
-        self.thread.start()
+        self.thread: threading.Thread | None = None  # the selector loop, started by the first async send
 
-    def _request(self, path: str, data: dict[str, np.ndarray]) -> bytes:
-        raws = [_raw(array, self.spec.datatypes[name]) for name, array in data.items()]
-        header = json.dumps({
-            "inputs": [{"name": name, "shape": [int(d) for d in array.shape], "datatype": self.spec.datatypes[name],
-                        "parameters": {"binary_data_size": len(raw)}} for (name, array), raw in zip(data.items(), raws)],
-            "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in self.spec.outputs],
-        }, separators=(",", ":")).encode()
+    def _request(self, path: str, index: int, data: dict[str, np.ndarray]) -> bytes:
+        inputs, raws = [], []
+        for name, array in data.items():
+            tensor = {"name": name, "shape": [int(d) for d in array.shape], "datatype": self.spec.datatypes[name]}
+            if self.spec.shm is None:
+                raws.append(wire_bytes(array, self.spec.datatypes[name]))
+                tensor["parameters"] = {"binary_data_size": len(raws[-1])}
+            else:
+                tensor["parameters"] = self.spec.shm.inputs[index][name].as_json()
+            inputs.append(tensor)
+        outputs = [{"name": name, "parameters": {"binary_data": True} if self.spec.shm is None
+                    else self.spec.shm.outputs[name].as_json()} for name in self.spec.outputs]
+        header = json.dumps({"inputs": inputs, "outputs": outputs}, separators=(",", ":")).encode()
         body = header + b"".join(raws)
         encoding = ""
         if self.spec.compression == "gzip":
@@ -263,13 +402,19 @@ class HttpEngine(Engine):
                 f"{extra}Inference-Header-Content-Length: {len(header)}\r\n{encoding}Content-Length: {len(body)}\r\n\r\n")
         return head.encode() + body
 
+    def open_blocking(self) -> BlockingConnection:
+        return _HttpBlocking(self)
+
     # ------------------------------------------------------------------ sending
     def send(self, index: int, on_done: OnDone) -> None:
         if threading.current_thread() is self.thread:
             self._start(index, on_done)
-        else:
-            self.queue.append((index, on_done))
-            os.write(self.wake_w, b"x")
+            return
+        if self.thread is None:  # callers send one at a time (the worker's send lock)
+            self.thread = threading.Thread(target=self._loop, name="tritongen-http-load", daemon=True)
+            self.thread.start()
+        self.queue.append((index, on_done))
+        os.write(self.wake_w, b"x")
 
     def _start(self, index: int, on_done: OnDone) -> None:
         try:
@@ -335,35 +480,23 @@ class HttpEngine(Engine):
             self._fail(conn, "UNAVAILABLE: the server closed the connection")
             return
         conn.buffer += chunk
-        end = conn.buffer.find(b"\r\n\r\n")
-        if end < 0 or conn.on_done is None:
+        if conn.on_done is None:
             return
-        head = bytes(conn.buffer[:end]).decode("latin-1")
-        lines = head.split("\r\n")
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(fields.get("content-length", 0))
-        if len(conn.buffer) < end + 4 + length:
+        answer = _take_answer(conn.buffer)
+        if answer is None:
             return
         answered = time.monotonic_ns()
-        body = bytes(conn.buffer[end + 4 : end + 4 + length])
-        del conn.buffer[: end + 4 + length]
-        status = lines[0].split(" ", 2)
         on_done, conn.on_done = conn.on_done, None
         self.busy.discard(conn)
-        if fields.get("connection", "").lower() == "close":
+        if answer.closes:
             self.selector.unregister(conn.sock)
             conn.close()
         else:
             self.idle.append(conn)
-        if len(status) < 2 or status[1] != "200":
-            try:
-                message = json.loads(body).get("error", body[:200].decode(errors="replace"))
-            except ValueError:
-                message = body[:200].decode(errors="replace")
-            on_done(answered, answered, f"HTTP {status[1] if len(status) > 1 else '?'}: {message}")
+        if answer.error is not None:
+            on_done(answered, answered, answer.error)
             return
-        header_length = int(fields.get("inference-header-content-length", length))
-        json.loads(body[:header_length])  # the unmarshalling perf_analyzer times as "Client Recv"
+        answer.unmarshal()
         on_done(answered, time.monotonic_ns(), None)
 
     def _fail(self, conn: _Connection, message: str) -> None:
@@ -381,9 +514,60 @@ class HttpEngine(Engine):
     def close(self) -> None:
         self.closed = True
         os.write(self.wake_w, b"x")
-        self.thread.join(5)
+        if self.thread is not None:
+            self.thread.join(5)
         for conn in [*self.idle, *self.busy]:
             conn.close()
         self.selector.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+class _HttpBlocking(BlockingConnection):
+    """A blocking keep-alive socket of its own: send the request, read until its answer is whole."""
+
+    def __init__(self, engine: HttpEngine):
+        self.engine = engine
+        self.sock: socket.socket | None = None
+        self.buffer = bytearray()
+
+    def infer(self, index: int) -> Outcome:
+        engine = self.engine
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(engine.address, timeout=engine.spec.timeout_s)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.monotonic() + engine.spec.timeout_s
+            self.sock.sendall(engine.requests[index])
+            sent = time.monotonic_ns()
+            while (answer := _take_answer(self.buffer)) is None:
+                self.sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    return self._broken("UNAVAILABLE: the server closed the connection")
+                self.buffer += chunk
+        except socket.timeout:
+            return self._broken(f"DEADLINE_EXCEEDED: no answer within {engine.spec.timeout_s:g}s")
+        except OSError as exc:
+            return self._broken(f"UNAVAILABLE: cannot reach {engine.spec.url}: {exc.strerror or exc}")
+        answered = time.monotonic_ns()
+        if answer.closes:
+            self.close()
+        if answer.error is not None:
+            return Outcome(sent, answered, answered, answer.error)
+        answer.unmarshal()
+        return Outcome(sent, answered, time.monotonic_ns(), None)
+
+    def _broken(self, message: str) -> Outcome:
+        """The connection is in an unknown state (a late answer may still come): drop it."""
+        self.close()
+        now = time.monotonic_ns()
+        return Outcome(now, now, now, message)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock, self.buffer = None, bytearray()

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import PerfError
 from .inputs import ModelInfo
 from .load import Collected, LoadManager
+from .shm import DEFAULT_OUTPUT_SIZE
 from .worker import RECORD_FIELDS
 
 STABILITY_WINDOW = 3
@@ -50,8 +51,16 @@ class PerfSettings:
     request_intervals_us: list[float] | None = None  # distribution "custom": gaps between sends (--request-intervals)
     metrics_url: str | None = None  # --collect-metrics: Triton's Prometheus endpoint, polled during each level
     metrics_interval_ms: int = 1000
+    sync: bool = False  # perf_analyzer's --sync: blocking calls, a thread per request in flight; else --async
+    shared_memory: str = "none"  # a key of perf.shm.SHARED_MEMORY (perf_analyzer's --shared-memory)
+    output_shared_memory_size: int = DEFAULT_OUTPUT_SIZE  # bytes per batch item of a variable-size output
 
     def validate(self) -> None:
+        from .shm import SHARED_MEMORY
+
+        SHARED_MEMORY.lookup(self.shared_memory, PerfError).check()
+        if self.output_shared_memory_size <= 0:
+            raise PerfError("--output-shared-memory-size must be > 0 bytes")
         if self.mode not in ("concurrency", "request_rate"):
             raise PerfError(f"unknown load mode {self.mode!r}")
         if not self.levels or any(v <= 0 for v in self.levels):
@@ -169,6 +178,7 @@ class PerfStatus:
     percentile: int | None = None
     warnings: list[str] = field(default_factory=list)
     metrics: Any = None  # perf.metrics.LevelMetrics with --collect-metrics
+    protocol: str = "grpc"  # a key of perf.engines.ENGINES: what carried the load
 
     def __post_init__(self) -> None:
         records = np.concatenate([w.records for w in self.windows]) if self.windows else np.zeros((0, len(RECORD_FIELDS)), np.int64)
@@ -232,9 +242,10 @@ def is_stable(metrics: list[tuple[float, float]], percentage: float) -> bool:
 
 class Profiler:
     def __init__(self, settings: PerfSettings, info: ModelInfo, manager: LoadManager, stats_client: Any,
-                 on_window: Callable[[dict[str, Any]], None] = lambda event: None):
+                 on_window: Callable[[dict[str, Any]], None] = lambda event: None, protocol: str = "grpc"):
         settings.validate()
         self.settings, self.info, self.manager, self.client = settings, info, manager, stats_client
+        self.protocol = protocol
         self.models = [info.name, *info.composing]
         self.on_window = on_window
         self.timeline: list[dict[str, Any]] = []  # every window of every level, for the profile export
@@ -338,7 +349,7 @@ class Profiler:
                 break  # perf_analyzer stops a level that is over the latency limit
         self.timeline.append({"mode": s.mode, "value": value, "windows": all_windows})
         status = PerfStatus(s.mode, value, s.batch_size, stable, list(windows), trial, self.info.name,
-                            self.info.composing, s.percentile)
+                            self.info.composing, s.percentile, protocol=self.protocol)
         self._keep_up_warnings(status)
         if not stable:
             unit = "--measurement-interval" if s.measurement_mode == "time_windows" else "--measurement-request-count"

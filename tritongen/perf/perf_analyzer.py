@@ -306,6 +306,9 @@ def run_perf_analyzer(
     timeout_s: float = 300.0,
     analyzer: PerfAnalyzer | None = None,
     extra_args: Sequence[str] = (),
+    sync: bool | None = None,
+    shared_memory: str = "none",
+    output_shared_memory_size: int | None = None,
 ) -> PerfAnalyzerResult:
     """Load ``model`` at each concurrency with perf_analyzer and read its CSV.
 
@@ -313,7 +316,10 @@ def run_perf_analyzer(
     exits 2 and writes nothing) is listed in ``failures`` and the others still count. ``images``
     (encoded files, bytes, or a directory) go to the model's BYTES input; otherwise
     ``input_data`` (``random``, ``zero`` or a JSON file) is passed through. Errors that concern
-    every level (unknown model, server down) raise :class:`PerfError`."""
+    every level (unknown model, server down) raise :class:`PerfError`. ``sync``: ``--sync`` (True) or
+    ``--async`` (False); None leaves perf_analyzer's default (sync for models without sequence
+    batching). ``shared_memory`` / ``output_shared_memory_size``: its ``--shared-memory`` and
+    ``--output-shared-memory-size``."""
     analyzer = analyzer or find_perf_analyzer()
     if analyzer is None:
         raise PerfError(f"perf_analyzer is not available: {perf_analyzer_problem()}")
@@ -339,6 +345,12 @@ def run_perf_analyzer(
             base += ["--input-data", data_arg]
         if percentile is not None:
             base += ["--percentile", str(percentile)]
+        if sync is not None:
+            base.append("--sync" if sync else "--async")
+        if shared_memory != "none":
+            base += ["--shared-memory", shared_memory]
+        if output_shared_memory_size is not None:
+            base += ["--output-shared-memory-size", str(output_shared_memory_size)]
         result = PerfAnalyzerResult(model, url, analyzer.version)
         outputs = []
         for level in levels:

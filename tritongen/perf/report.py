@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from .engines import ENGINES
 from .inputs import ModelInfo
 from .measure import PerfSettings, PerfStatus, ServerStats
 from .metrics import CSV_COLUMNS as METRICS_CSV_COLUMNS
+from .worker import SYNC_RATE_THREADS
 
 _SERVER_COLUMNS = ["Network+Server Send/Recv", "Server Queue", "Server Compute Input", "Server Compute Infer",
                    "Server Compute Output"]
@@ -24,7 +26,7 @@ def _g(value: float) -> str:
     return f"{value:g}"
 
 
-def settings_text(settings: PerfSettings, workers: int) -> str:
+def settings_text(settings: PerfSettings, workers: int, protocol: str = "grpc") -> str:
     lines = ["*** Measurement Settings ***", f"  Batch size: {settings.batch_size}", "  Service Kind: Triton"]
     if settings.measurement_mode == "time_windows":
         lines += ['  Using "time_windows" mode for stabilization',
@@ -34,8 +36,14 @@ def settings_text(settings: PerfSettings, workers: int) -> str:
                   f"  Minimum number of samples in each window: {settings.measurement_request_count}"]
     if settings.mode == "request_rate":
         lines.append(f"  Using {'uniform' if settings.distribution == 'constant' else 'poisson'} distribution on request generation")
-    lines.append(f"  Using asynchronous calls for inference ({workers} load process{'es' if workers > 1 else ''}, "
-                 "gRPC callbacks)")
+    processes = f"{workers} load process{'es' if workers > 1 else ''}"
+    if settings.sync:
+        threads = "a thread per request in flight" if settings.mode == "concurrency" else f"{SYNC_RATE_THREADS} threads each"
+        lines.append(f"  Using synchronous calls for inference ({processes}, {threads})")
+    else:
+        lines.append(f"  Using asynchronous calls for inference ({processes}, {ENGINES[protocol].completion})")
+    if settings.shared_memory != "none":
+        lines.append(f"  Using {settings.shared_memory} shared memory for inputs and outputs")
     lines.append(f"  Stabilizing using p{settings.percentile} latency" if settings.percentile
                  else "  Stabilizing using average latency")
     return "\n".join(lines) + "\n"
@@ -79,7 +87,8 @@ def level_text(status: PerfStatus) -> str:
         lines.append(f"    Avg latency: {_us(status.avg_latency_ns)} usec (standard deviation {status.std_latency_us} usec)")
     lines += [f"    p{p} latency: {_us(ns)} usec" for p, ns in status.percentile_latency_ns.items()]
     request_us = _us(status.avg_send_ns + status.avg_wait_ns + status.avg_recv_ns)
-    lines.append(f"    Avg gRPC time: {request_us} usec ((un)marshal request/response "
+    engine = ENGINES[status.protocol]  # perf_analyzer's wording per protocol: "Avg gRPC time" / "Avg HTTP time"
+    lines.append(f"    Avg {engine.label} time: {request_us} usec ({engine.exchange_label} "
                  f"{_us(status.avg_send_ns + status.avg_recv_ns)} usec + response wait {_us(status.avg_wait_ns)} usec)")
     cpu = status.client_cpu_pct
     lines.append(f"    Load generator: {len(cpu)} process{'es' if len(cpu) > 1 else ''}, CPU "

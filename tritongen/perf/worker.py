@@ -1,14 +1,18 @@
-"""A load-generating process: callback-driven sends through a protocol engine (``perf/engines.py``:
-gRPC or HTTP, each request's bytes built once).
+"""A load-generating process: sends through a protocol engine (``perf/engines.py``: gRPC or HTTP,
+each request's bytes built once), completion-driven (async, the default) or from blocking threads
+(sync, perf_analyzer's ``--sync``).
 
 The parent (perf.load.LoadManager) starts several of these so that Python is not the
 bottleneck, and talks to each over a local socket:
 
 ``("load", {"mode": "concurrency", "value": n})``
-    closed loop: keep ``n`` requests outstanding; each answer's callback sends the next.
+    closed loop: keep ``n`` requests outstanding; each answer's callback sends the next (async),
+    or ``n`` threads each send, wait for the answer, send again (sync, as perf_analyzer's
+    ``ConcurrencyWorker`` does: one thread per request in flight, its own connection).
 ``("load", {"mode": "rate", "value": r, "distribution": "constant"|"poisson", "start_ns": t})``
-    open loop: a scheduler thread sends on a precomputed schedule whatever the answers do; a
-    send later than its slot by more than ``DELAY_TOLERANCE_NS`` is counted as delayed.
+    open loop: a scheduler thread sends on a precomputed schedule whatever the answers do (async),
+    or hands each due send to a pool of ``SYNC_RATE_THREADS`` blocking threads (sync); a send
+    later than its slot by more than ``DELAY_TOLERANCE_NS`` is counted as delayed.
 ``("collect", upto_ns)``
     hand over the records of requests that finished by ``upto_ns`` plus errors and the
     process's CPU time since the last collect (its own overhead).
@@ -25,6 +29,7 @@ Timestamps are ``time.monotonic_ns()``: CLOCK_MONOTONIC, one clock for every pro
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ import numpy as np
 DELAY_TOLERANCE_NS = 1_000_000
 STOP_WAIT_S = 10.0  # how long a stopping worker waits for answers still in flight
 SCHEDULE_BLOCK = 4096  # send times generated per block (open loop)
+SYNC_RATE_THREADS = 4  # blocking senders per load process, open loop sync (perf_analyzer: --max-threads, 4 there)
 # Record columns: start, end, client send (marshal), client recv (unmarshal), response wait, delayed
 RECORD_FIELDS = ("start_ns", "end_ns", "send_ns", "recv_ns", "wait_ns", "delayed")
 
@@ -55,6 +61,8 @@ class WorkerSpec:
     protocol: str = "grpc"  # a key of perf.engines.ENGINES
     headers: tuple[tuple[str, str], ...] = ()  # added to every inference request (-H)
     tls: Any = None  # perf.engines.GrpcTls for a TLS gRPC channel (--ssl-grpc-*)
+    sync: bool = False  # blocking calls, one thread per request in flight (--sync), else completion-driven (--async)
+    shm: Any = None  # perf.shm.ShmLayout: requests point at shared-memory regions (--shared-memory system)
 
 
 AUTHKEY_ENV = "TRITONGEN_PERF_AUTHKEY"
@@ -126,9 +134,17 @@ class _Worker:
         if load["mode"] == "concurrency":
             total, w, n = int(load["value"]), self.spec.index, self.spec.workers
             for _ in range(total // n + (1 if w < total % n else 0)):
-                self._send(generation, chained=True)
+                if self.spec.sync:
+                    threading.Thread(target=self._sync_chain, args=(generation,), daemon=True).start()
+                else:
+                    self._send(generation, chained=True)
         else:
-            self.scheduler = threading.Thread(target=self._schedule, args=(generation, load), daemon=True)
+            due = None
+            if self.spec.sync:
+                due = queue.SimpleQueue()
+                for _ in range(SYNC_RATE_THREADS):
+                    threading.Thread(target=self._sync_pool, args=(generation, due), daemon=True).start()
+            self.scheduler = threading.Thread(target=self._schedule, args=(generation, load, due), daemon=True)
             self.scheduler.start()
 
     def _send_times(self, load: dict[str, Any]):
@@ -160,7 +176,8 @@ class _Worker:
             last = float(times[-1])
             yield times.astype(np.int64)
 
-    def _schedule(self, generation: int, load: dict[str, Any]) -> None:
+    def _schedule(self, generation: int, load: dict[str, Any], due: queue.SimpleQueue | None) -> None:
+        """``due``: sync mode's queue of send times for the blocking threads (None: send from here)."""
         start = int(load["start_ns"])
         for block in self._send_times(load):
             for offset in block:
@@ -170,7 +187,46 @@ class _Worker:
                     time.sleep(wait / 1e9)
                 if generation != self.generation:
                     return
-                self._send(generation, chained=False, delayed=time.monotonic_ns() - target > DELAY_TOLERANCE_NS)
+                if due is not None:
+                    due.put(target)
+                else:
+                    self._send(generation, chained=False, delayed=time.monotonic_ns() - target > DELAY_TOLERANCE_NS)
+
+    # ------------------------------------------------------------------ sync mode
+    def _sync_chain(self, generation: int) -> None:
+        """One request in flight at a time, on a connection of its own, until the level changes."""
+        conn = self.engine.open_blocking()
+        try:
+            while generation == self.generation:
+                if self._blocking(conn, delayed=False) is not None:
+                    time.sleep(0.01)  # a failing server must not turn into a busy loop
+        finally:
+            conn.close()
+
+    def _sync_pool(self, generation: int, due: queue.SimpleQueue) -> None:
+        """Open loop, sync: send each due request (late when every thread was busy at its slot)."""
+        conn = self.engine.open_blocking()
+        try:
+            while generation == self.generation:
+                try:
+                    target = due.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if generation == self.generation:
+                    self._blocking(conn, delayed=time.monotonic_ns() - target > DELAY_TOLERANCE_NS)
+        finally:
+            conn.close()
+
+    def _blocking(self, conn, delayed: bool) -> str | None:
+        with self.send_lock:
+            index = self.next_request % len(self.spec.requests)
+            self.next_request += self.spec.workers
+            self.outstanding += 1
+            self.sent += 1
+        start = time.monotonic_ns()
+        outcome = conn.infer(index)
+        self._finish(start, outcome.sent_ns, outcome.answered_ns, outcome.parsed_ns, outcome.error, delayed)
+        return outcome.error
 
     # ------------------------------------------------------------------- one request
     def _send(self, generation: int, chained: bool, delayed: bool = False) -> None:
@@ -190,9 +246,16 @@ class _Worker:
     def _done(self, timing: dict[str, int], answered: int, parsed: int, error: str | None, generation: int,
               chained: bool, delayed: bool) -> None:
         sent = timing.setdefault("sent", answered)  # the answer can beat the return of send
+        self._finish(timing["start"], sent, answered, parsed, error, delayed)
+        if chained and generation == self.generation:
+            if error is not None:
+                time.sleep(0.01)  # a failing server must not turn into a busy loop
+            self._send(generation, chained=True)
+
+    def _finish(self, start: int, sent: int, answered: int, parsed: int, error: str | None, delayed: bool) -> None:
+        """Record one request (or its error); it is no longer outstanding."""
         record = None
         if error is None:
-            start = timing["start"]
             record = (start, parsed, sent - start, parsed - answered, max(answered - sent, 0), int(delayed))
         with self.send_lock:
             self.outstanding -= 1
@@ -200,10 +263,6 @@ class _Worker:
                 self.records.append(record)
             else:
                 self._error(error)
-        if chained and generation == self.generation:
-            if error is not None:
-                time.sleep(0.01)  # a failing server must not turn into a busy loop
-            self._send(generation, chained=True)
 
     def _error(self, message: str) -> None:
         self.error_count += 1
