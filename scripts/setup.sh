@@ -63,7 +63,7 @@ fi
 
 [ -x .venv/bin/python ] || python3.11 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,s3,deploy]'
 # PaddleClas/PaddleDetection/PaddleSeg code is the tests' oracle for pre/post-processing; their wheels pin
 # conflict with ours, so it comes without dependencies (never a runtime dependency).
 .venv/bin/python -m pip install -q --no-deps 'paddleclas==2.6.0' 'paddledet==2.6.0' 'paddleseg==2.8.0'
