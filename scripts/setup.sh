@@ -24,6 +24,7 @@ stale_reason() {
   elif ! .venv/bin/python -c "" 2>/dev/null; then echo ".venv's python does not run"
   elif [ ! -f "$STAMP" ]; then echo ".venv has no setup stamp (setup never completed)"
   elif [ "$(cat "$STAMP")" != "$(digest)" ]; then echo "pyproject.toml or scripts/setup.sh changed since the last setup"
+  elif ! .venv-kserve/bin/python -c "" 2>/dev/null; then echo ".venv-kserve (KServe's SDK, for deploy checks) does not run"
   fi
 }
 
@@ -67,6 +68,13 @@ fi
 # PaddleClas/PaddleDetection/PaddleSeg code is the tests' oracle for pre/post-processing; their wheels pin
 # conflict with ours, so it comes without dependencies (never a runtime dependency).
 .venv/bin/python -m pip install -q --no-deps 'paddleclas==2.6.0' 'paddledet==2.6.0' 'paddleseg==2.8.0'
+# The compose specification's JSON schema (`tritongen deploy` checks compose files against it) ships in
+# docker-compose 1.29.2, whose pins (PyYAML<6, jsonschema<4) clash with ours: its files only, no dependencies.
+.venv/bin/python -m pip install -q --no-deps 'docker-compose==1.29.2'
+# KServe's SDK checks InferenceService manifests; it pins protobuf>=6.33, which the Paddle/tritonclient pins
+# exclude, so it gets a venv of its own that `tritongen deploy --target kserve` runs for that one check.
+[ -x .venv-kserve/bin/python ] || python3.11 -m venv .venv-kserve
+.venv-kserve/bin/python -m pip install -q 'kserve==0.21.0'
 # Exactly one OpenCV: paddleslim pins the GUI opencv-python, whose cv2/ shares its files with
 # opencv-python-headless (ours), so whichever installed last wins. Remove it and reinstall the headless files.
 if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then

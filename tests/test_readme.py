@@ -47,10 +47,11 @@ def checkout(tmp_path):
     (tmp_path / "scripts").mkdir()
     for name in ("pyproject.toml", "scripts/setup.sh"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
-    python = tmp_path / ".venv/bin/python"
-    python.parent.mkdir(parents=True)
-    python.write_text("#!/bin/sh\nexit 0\n")
-    python.chmod(0o755)
+    for venv in (".venv", ".venv-kserve"):
+        python = tmp_path / venv / "bin/python"
+        python.parent.mkdir(parents=True)
+        python.write_text("#!/bin/sh\nexit 0\n")
+        python.chmod(0o755)
     return tmp_path
 
 
@@ -82,6 +83,11 @@ def test_setup_check_says_stale_unless_the_stamp_matches(checkout):
     (checkout / ".venv/bin/python").write_text("#!/bin/sh\nexit 1\n")
     check = setup_sh(checkout, "--check")
     assert check.returncode == 1 and "python does not run" in check.stdout
+
+    (checkout / ".venv/bin/python").write_text("#!/bin/sh\nexit 0\n")
+    shutil.rmtree(checkout / ".venv-kserve")
+    check = setup_sh(checkout, "--check")
+    assert check.returncode == 1 and ".venv-kserve" in check.stdout
 
     shutil.rmtree(checkout / ".venv")
     check = setup_sh(checkout, "--check")

@@ -354,7 +354,8 @@ def bench_serving(
 
 @app.command()
 def serve(
-    repository: Path = typer.Argument(Path("model_repository"), help="Model repository to serve."),
+    repository: str = typer.Argument("model_repository", help="Model repository to serve: a directory, or what "
+                                     "`tritongen publish` wrote (s3://bucket/prefix, s3://host:port/bucket/prefix, gs://..., as://...)."),
     grpc_port: int = typer.Option(8001, "--grpc-port"),
     http_port: int = typer.Option(8000, "--http-port"),
     metrics_port: int = typer.Option(8002, "--metrics-port"),
@@ -367,11 +368,16 @@ def serve(
                                            "API, e.g. for `tritongen tune`)."),
     drain_timeout: float = typer.Option(30.0, "--drain-timeout", min=0.0,
                                         help="On Ctrl-C / SIGTERM: seconds to let requests in flight finish (0: stop at once)."),
+    replicas: int = typer.Option(1, "--replicas", min=1,
+                                 help="tritonservers to run on the same repository; replica i has every port shifted "
+                                      "by i x (the span of the three ports + 1): with the defaults 8000-8002, 8003-8005, ..."),
 ) -> None:
     """Run the real tritonserver on 127.0.0.1 until Ctrl-C / SIGTERM.
 
     A model whose backend process dies (killed, out of memory) is reloaded within seconds; on
-    Ctrl-C / SIGTERM the models clients call are unloaded first, so requests in flight finish."""
+    Ctrl-C / SIGTERM the models clients call are unloaded first, so requests in flight finish.
+    A storage URI serves the version its CURRENT pointer names (credentials from the AWS_* /
+    GOOGLE_APPLICATION_CREDENTIALS / AZURE_STORAGE_* environment)."""
     from .serve import TritonServer
 
     stop = threading.Event()
@@ -380,22 +386,19 @@ def serve(
                           on_fault=lambda line: console.print(f"[yellow]{line}[/]", highlight=False))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if replicas > 1:
+        _serve_replicas(server, replicas, stop, timeout, drain_timeout)
+        return
     with console.status(f"starting tritonserver on {repository}"):
         server.start(timeout=timeout)
     try:
         models = sorted(server.model_states())
-        out.print(f"[green]tritonserver ready[/] serving {', '.join(models)} from {server.repository}")
+        out.print(f"[green]tritonserver ready[/] serving {', '.join(models)} from {server.source.describe()}")
         out.print(f"  gRPC     {server.grpc_url}")
         out.print(f"  HTTP     http://{server.http_url}")
         out.print(f"  metrics  {server.metrics_url}")
         out.print(f"  log      {server.log_file}")
-        if model_control != "none":
-            out.print(f"  model control  {model_control}", highlight=False)
-        if server.recovers:
-            out.print("  recovery a model whose backend process dies is reloaded", highlight=False)
-        else:
-            out.print("  recovery none with --model-control poll: a model whose backend process dies fails "
-                      "until the server restarts", highlight=False)
+        _print_serving_mode(server, model_control)
         out.print("Ctrl-C to stop.", highlight=False)
         sys.stdout.flush()
         while not stop.wait(0.5):
@@ -407,12 +410,84 @@ def serve(
             out.print(f"stopping: letting requests in flight finish (up to {drain_timeout:g} s)", highlight=False)
             sys.stdout.flush()
         code = server.stop(drain_timeout=drain_timeout if stop.is_set() else 0)
-        crashes = server.crashes
-        recovered = sum(c.recovered_at is not None for c in crashes)
-        note = f"; {len(crashes)} backend crash(es), {recovered} recovered" if crashes else ""
-        if crashes and code == -signal.SIGKILL:
-            note += ": killed, a model version that lost a backend process never finishes unloading"
-        out.print(f"tritonserver stopped (exit code {code}{note})", highlight=False)
+        out.print(f"tritonserver stopped (exit code {code}{_crash_note(server, code)})", highlight=False)
+
+
+def _print_serving_mode(server, model_control: str) -> None:
+    if model_control != "none":
+        out.print(f"  model control  {model_control}", highlight=False)
+    if server.recovers:
+        out.print("  recovery a model whose backend process dies is reloaded", highlight=False)
+    else:
+        out.print("  recovery none with --model-control poll: a model whose backend process dies fails "
+                  "until the server restarts", highlight=False)
+
+
+def _crash_note(server, code: int | None) -> str:
+    crashes = server.crashes
+    recovered = sum(c.recovered_at is not None for c in crashes)
+    note = f"; {len(crashes)} backend crash(es), {recovered} recovered" if crashes else ""
+    if crashes and code == -signal.SIGKILL:
+        note += ": killed, a model version that lost a backend process never finishes unloading"
+    return note
+
+
+def _serve_replicas(template, replicas: int, stop: threading.Event, timeout: float, drain_timeout: float) -> None:
+    """`serve --replicas N`: N servers, one line each, one gRPC target for all; a replica that
+    exits is reported and the others keep serving (the command fails once none is left)."""
+    from .serve import ReplicaSet
+
+    group = ReplicaSet(template, replicas)
+    with console.status(f"starting {replicas} tritonservers on {group.source.describe()}"):
+        group.start(timeout=timeout)
+    try:
+        models = sorted(group.servers[0].model_states())
+        out.print(f"[green]{replicas} tritonservers ready[/] serving {', '.join(models)} from {group.source.describe()}")
+        for i, s in enumerate(group.servers):
+            out.print(f"  replica {i}  gRPC {s.grpc_url}  HTTP http://{s.http_url}  metrics {s.metrics_url}  "
+                      f"log {s.log_file}", highlight=False, soft_wrap=True)
+        out.print(f"  gRPC target (round_robin)  {group.grpc_target}", highlight=False, soft_wrap=True)
+        _print_serving_mode(template, template.model_control)
+        out.print("Ctrl-C to stop.", highlight=False)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            for i, s in group.newly_exited():
+                cause = s.failure_summary().splitlines()[0]
+                console.print(f"[yellow]replica {i} (gRPC {s.grpc_url}) exited unexpectedly (code "
+                              f"{s.process.returncode}): {cause}; {len(group.running())} of {replicas} serving[/]",
+                              highlight=False, soft_wrap=True)
+            if not group.running():
+                raise TritongenError(f"every tritonserver replica exited; last log: {group.servers[-1].log_file}")
+    finally:
+        if stop.is_set() and group.running() and drain_timeout > 0 and template.recovers:
+            out.print(f"stopping: letting requests in flight finish (up to {drain_timeout:g} s)", highlight=False)
+            sys.stdout.flush()
+        codes = group.stop(drain_timeout=drain_timeout if stop.is_set() else 0)
+        for i, (s, code) in enumerate(zip(group.servers, codes)):
+            out.print(f"replica {i} stopped (exit code {code}{_crash_note(s, code)})", highlight=False)
+
+
+@app.command()
+def publish(
+    repository: Path = typer.Argument(..., help="A built model repository (a directory)."),
+    uri: str = typer.Argument(..., help="s3://bucket/prefix (AWS), s3://host:port/bucket/prefix (another S3 endpoint), gs://bucket/prefix or as://account/container/prefix."),
+) -> None:
+    """Upload a model repository to object storage, atomically: every file under
+    <prefix>/versions/<id>/, then the pointer <prefix>/CURRENT last, so servers never see a half
+    upload. Credentials from the environment only (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from .storage import prepare, upload
+
+    plan = prepare(repository, uri)  # bad input fails here, before the progress bar
+    with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as progress:
+        task = progress.add_task("", total=plan.total_bytes)
+        result = upload(plan, on_upload=lambda name, size: progress.update(task, advance=size, description=name))
+    what = "unchanged content: reused" if result.reused else f"uploaded {result.files} files ({result.bytes / 1e6:.1f} MB) as"
+    out.print(f"[green]published[/] {repository} to {uri}: {what} version {result.version}", highlight=False)
+    out.print(f"  CURRENT -> {result.triton_uri}", highlight=False, soft_wrap=True)
+    out.print(f"next: tritongen serve {uri}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -422,7 +497,9 @@ def infer(
     protocol: str = typer.Option("grpc", "--protocol", "-i", help="grpc | http (KServe v2 REST with binary tensors); "
                                                                "same answers."),
     url: Optional[str] = typer.Option(None, "--url", "-u", help="Triton endpoint HOST:PORT of that protocol "
-                                                                "(default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http)."),
+                                                                "(default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http); "
+                                                                "with grpc also several replicas, balanced round-robin: "
+                                                                "ipv4:HOST:PORT,HOST:PORT or dns:///NAME:PORT."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds to wait for each answer."),
     retries: int = typer.Option(3, "--retries", min=0, help="Retries while the server is unavailable or the model "
                                                           "is being reloaded after a crash (exponential backoff)."),
@@ -506,7 +583,9 @@ def perf(
     protocol: str = typer.Option("http", "--protocol", "-i", help="http (KServe v2 REST with binary tensors; "
                                  "perf_analyzer's default too) | grpc."),
     url: Optional[str] = typer.Option(None, "--url", "-u", help="Triton endpoint HOST:PORT of that protocol "
-                                      "(default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc)."),
+                                      "(default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc); with grpc also "
+                                      "several replicas, the load balanced round-robin: ipv4:HOST:PORT,HOST:PORT or "
+                                      "dns:///NAME:PORT (server statistics then come from one replica)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch items per request."),
     concurrency_range: Optional[str] = typer.Option(None, "--concurrency-range",
                                                     help="Closed loop: start:end:step outstanding requests (default 1)."),
@@ -600,7 +679,12 @@ def perf(
     protocol = protocol.lower()
     url = url or DEFAULT_PERF_URLS.get(protocol, "")
     if collect_metrics or metrics_url:
-        settings.metrics_url = metrics_url or f"http://{url.rpartition(':')[0] or '127.0.0.1'}:8002/metrics"
+        if metrics_url is None:  # port 8002 of the (first) server the load goes to
+            from .client.options import Target
+
+            first = Target.parse(url).addresses[0] if protocol == "grpc" else url
+            metrics_url = f"http://{first.rpartition(':')[0] or '127.0.0.1'}:8002/metrics"
+        settings.metrics_url = metrics_url
     if compare_perf_analyzer:
         from .perf.compare import compare_with_perf_analyzer, comparison_text
 
@@ -722,6 +806,81 @@ def zoo() -> None:
         table.add_row(entry.name, entry.family, pair, entry.url)
     out.print(table)
 
+
+
+@app.command()
+def deploy(
+    repo_uri: str = typer.Argument(..., help="The model repository: a local directory, or s3://[host:port/]bucket/prefix "
+                                             "where `tritongen publish` put it (the version CURRENT names is served)."),
+    target: str = typer.Option(..., "--target", help="compose, kubernetes or kserve."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the manifests to."),
+    repository_dir: Optional[Path] = typer.Option(None, help="A local copy of an s3:// repository whose config.pbtxt files "
+                                                             "are read [default: the published version's, from the store]; "
+                                                             "REPO_URI is then served as given."),
+    name: str = typer.Option("triton", help="Name of the service and its objects (a DNS label)."),
+    image: Optional[str] = typer.Option(None, help="Server image [default: nvcr.io/nvidia/tritonserver:24.10-py3, "
+                                                   "or tritongen-serving:24.10 (docker/Dockerfile) when a model uses the python backend]."),
+    namespace: str = typer.Option("default", help="Kubernetes namespace."),
+    model_control_mode: str = typer.Option("none", help="tritonserver --model-control-mode: none, poll or explicit."),
+    pvc: Optional[str] = typer.Option(None, help="Kubernetes/KServe: a PersistentVolumeClaim holding the repository."),
+    pvc_path: str = typer.Option("", help="The repository's path inside --pvc."),
+    credentials_secret: str = typer.Option("tritongen-s3", help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (s3://)."),
+    region: Optional[str] = typer.Option(None, help="AWS_DEFAULT_REGION for an s3:// repository."),
+    service_account: Optional[str] = typer.Option(None, help="KServe: ServiceAccount that carries the storage credentials."),
+    replicas: Optional[int] = typer.Option(None, help="Replicas (HPA minReplicas) [default: 1]; or size them with --target-rps."),
+    max_replicas: Optional[int] = typer.Option(None, help="HPA maxReplicas [default: 4 x replicas]."),
+    queue_target_us: int = typer.Option(10_000, help="HPA target: average queue time per request (µs)."),
+    target_rps: Optional[float] = typer.Option(None, help="Capacity planning: requests/s to sustain."),
+    latency_budget: Optional[float] = typer.Option(None, help="Capacity planning: latency budget (ms) the capacity was measured at."),
+    replica_capacity: Optional[float] = typer.Option(None, help="Capacity planning: requests/s one replica sustains (e.g. from tritongen perf)."),
+    utilisation: float = typer.Option(0.7, help="Capacity planning: share of a replica's capacity to plan for."),
+    cpu: str = typer.Option("2", help="CPU request and limit per replica."),
+    memory: str = typer.Option("8Gi", help="Memory request and limit per replica."),
+    shm_size: str = typer.Option("1Gi", help="Shared memory (/dev/shm) per replica."),
+    http_port: int = typer.Option(8000),
+    grpc_port: int = typer.Option(8001),
+    metrics_port: int = typer.Option(8002),
+    prometheus_url: str = typer.Option("http://prometheus-operated.monitoring.svc", help="prometheus-adapter's Prometheus."),
+    kubernetes_version: Optional[str] = typer.Option(None, help="Kubernetes release to validate against [default: 1.33.0]."),
+) -> None:
+    """Write and validate manifests that serve REPO_URI in the official Triton container (compose, kubernetes, kserve)."""
+    from .deploy import (KUBERNETES_VERSION, TARGETS, CapacityPlan, DeployError, DeploySpec, RepositoryLocation, Scaling,
+                         default_image, deploy as write_manifests, read_profile, read_published_profile)
+    from .storage import is_store_uri
+
+    TARGETS.lookup(target, DeployError)
+    served = repo_uri
+    if is_store_uri(repo_uri):
+        if not repo_uri.startswith("s3://"):
+            raise DeployError(f"{repo_uri}: deploy wires S3 credentials (a Secret) into the manifests; for gs:// or "
+                              "as:// give the repository on a --pvc")
+        if repository_dir is None:  # a published prefix: serve the version CURRENT names now
+            with console.status(f"reading {repo_uri}"):
+                profile, served = read_published_profile(repo_uri)
+        else:
+            profile = read_profile(repository_dir)
+    else:
+        profile = read_profile(Path(repo_uri) if repository_dir is None else repository_dir)
+    source = RepositoryLocation(served, pvc=pvc, pvc_path=pvc_path, credentials_secret=credentials_secret, region=region)
+    planning = [target_rps, latency_budget, replica_capacity]
+    if any(v is not None for v in planning):
+        if any(v is None for v in planning):
+            raise DeployError("capacity planning needs all of --target-rps, --latency-budget and --replica-capacity")
+        if replicas is not None or max_replicas is not None:
+            raise DeployError("give --replicas/--max-replicas or --target-rps (capacity planning), not both")
+        plan = CapacityPlan(target_rps, replica_capacity, latency_budget, utilisation)
+        scaling = Scaling.from_plan(plan)
+        out.print(plan.explain(), highlight=False, soft_wrap=True)
+    else:
+        scaling = Scaling(replicas or 1, max_replicas or 4 * (replicas or 1), queue_target_us)
+    spec = DeploySpec(name, source, profile, image or default_image(profile), scaling, namespace, model_control_mode,
+                      http_port, grpc_port, metrics_port, cpu, memory, shm_size,
+                      prometheus_url=prometheus_url, service_account=service_account)
+    result = write_manifests(spec, target, output, kubernetes_version or KUBERNETES_VERSION)
+    gpu = f"{profile.gpus} GPU ({', '.join(profile.gpu_reasons())})" if profile.needs_gpu else "no GPU"
+    out.print(f"{len(profile.models)} model(s): {gpu}; startup budget {profile.startup_seconds} s", highlight=False, soft_wrap=True)
+    for path, validator in result.validated:
+        out.print(f"wrote {path} (valid: {validator})", highlight=False, soft_wrap=True)
 
 def main() -> None:
     try:

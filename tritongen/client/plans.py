@@ -93,7 +93,8 @@ def translate(exc: Exception, what: str, options: ClientOptions) -> tuple[Client
     if status == "UNAVAILABLE":
         return ClientError(f"{what}: Triton at {options.url} is unavailable ({message})"), True
     if _model_recovering(status, lowered):
-        return ClientError(f"{what}: the model is being reloaded after its backend process died ({message})"), True
+        return ClientError(f"{what}: the model is being unloaded at {options.url} (a replica stopping, or a reload "
+                           f"after its backend process died) ({message})"), True
     if status == "DEADLINE_EXCEEDED":
         return ClientError(f"{what}: no answer from Triton at {options.url} within {options.timeout:g}s"), False
     return ClientError(f"{what}: {message}"), False

@@ -20,6 +20,7 @@ client is made).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -84,6 +85,7 @@ class Protocol(ABC):
     name: ClassVar[str]
     label: ClassVar[str]  # as people write it in messages
     default_port: ClassVar[int]  # Triton's default port for it
+    balances: ClassVar[bool]  # takes a target naming several replicas (ClientOptions.target) and spreads requests
 
     @classmethod
     def default_url(cls) -> str:
@@ -171,9 +173,46 @@ _KEEPALIVE = {
 }
 
 
+# A target naming several replicas (``ipv4:A:P,B:P``, ``dns:///NAME:P``): gRPC's own round_robin
+# policy keeps a subchannel (connection) to every address and sends each call to the next ready
+# one; a replica that goes away leaves the rotation when its connection drops. Before that, a
+# replica stopping gracefully (SIGTERM: up to 30 s letting requests in flight finish) still takes
+# calls and answers them NOT_FOUND "... has no available versions" once its models are unloaded
+# (measured, Triton 2.51), then UNAVAILABLE. Both are retried by gRPC after 50 ms, 100 ms, ... up
+# to 4 more times, each on the next ready replica, within the call's deadline; NOT_FOUND is safe
+# to retry (the request never ran) and a replica still loading a model also answers it, so the
+# call moves on; a model no replica has costs ~0.75 s more before its error. gRPC only retries a
+# request it still holds whole: its retry buffer is raised from 256 KiB (two photos overflow it)
+# to RETRY_BUFFER per call; a larger request, or one failing 5 times, is left to the client's
+# own ``retries``. A plain HOST:PORT keeps gRPC's defaults (pick_first, no retry policy): the
+# client's retries alone.
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE", "NOT_FOUND"],
+}
+RETRY_BUFFER = 64 << 20  # bytes of one request gRPC keeps to send it again
+
+
+def balancing_channel_args(url: str) -> list[tuple[str, object]]:
+    """The channel arguments that spread calls round-robin over the replicas ``url`` names and
+    retry UNAVAILABLE on another one; none for a single HOST:PORT. Shared by ``tritongen perf``."""
+    from .options import Target
+
+    if not Target.parse(url).balanced:
+        return []
+    config = {"loadBalancingConfig": [{"round_robin": {}}],
+              "methodConfig": [{"name": [{"service": "inference.GRPCInferenceService"}],
+                                "retryPolicy": RETRY_POLICY}]}
+    return [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1),
+            ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER)]
+
+
 @PROTOCOLS.register
 class GrpcProtocol(Protocol):
-    name, label, default_port = "grpc", "gRPC", 8001
+    name, label, default_port, balances = "grpc", "gRPC", 8001, True
 
     @staticmethod
     def tensors():
@@ -198,6 +237,7 @@ class GrpcProtocol(Protocol):
                 *_KEEPALIVE.items(),
                 ("grpc.initial_reconnect_backoff_ms", backoff_ms),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                *balancing_channel_args(options.url),
             ],
         }
 
@@ -311,7 +351,7 @@ class _HttpAsyncSession(AsyncSession):
 class HttpProtocol(Protocol):
     """KServe v2 REST with Triton's binary tensor extension (tensors travel as raw bytes)."""
 
-    name, label, default_port = "http", "HTTP", 8000
+    name, label, default_port, balances = "http", "HTTP", 8000, False
 
     @staticmethod
     def tensors():

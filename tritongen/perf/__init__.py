@@ -106,6 +106,21 @@ def _connect(url: str, model: str, timeout_s: float, protocol: str = "grpc", ver
                         f"{protocol} port? ({exc})") from None
 
 
+def _check_target(url: str, protocol: str, shared_memory: str) -> None:
+    """A url naming several replicas (``ipv4:A:P,B:P``, ``dns:///NAME:P``) takes gRPC and no shared
+    memory, as in the client SDK (same words)."""
+    from ..client.options import ClientOptions
+    from ..errors import ClientError
+
+    try:
+        options = ClientOptions(url=url, protocol=protocol)
+    except ClientError as exc:
+        raise PerfError(f"-u {url}: {exc}") from None
+    if options.target.balanced and shared_memory != "none":
+        raise PerfError(f"--shared-memory {shared_memory} needs one server on this host, but -u {url} spreads "
+                        f"requests over several replicas")
+
+
 def run_perf(
     model: str,
     url: str = "127.0.0.1:8001",
@@ -122,7 +137,9 @@ def run_perf(
     tls: GrpcTls | None = None,
 ) -> PerfRun:
     """``protocol``: ``grpc`` or ``http`` (KServe v2 REST with binary tensors), for the load and the
-    control calls alike; ``url`` is that protocol's HOST:PORT. ``version``: the model version (""
+    control calls alike; ``url`` is that protocol's HOST:PORT, or with gRPC a target naming several
+    replicas (``ipv4:A:P,B:P``, ``dns:///NAME:P``): the load is spread round-robin over them, the
+    control calls and server statistics come from one of them. ``version``: the model version (""
     = the server's choice), ``headers``: added to every inference request, ``tls``: a TLS gRPC
     channel (perf_analyzer's ``-x``, ``-H``, ``--ssl-grpc-*``). ``settings.sync`` and
     ``settings.shared_memory`` choose perf_analyzer's ``--sync``/``--async`` and ``--shared-memory``;
@@ -133,6 +150,7 @@ def run_perf(
         raise PerfError(f"--compression {compression!r}: choose none, gzip or deflate")
     if tls is not None and protocol != "grpc":
         raise PerfError("--ssl-grpc-* options apply to -i grpc")
+    _check_target(url, protocol, settings.shared_memory)
     client = _connect(url, model, settings.timeout_s, protocol, version, tls)
     try:
         from tritonclient.utils import InferenceServerException

@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
-from ..client.protocols import http_message, http_model_config, http_model_metadata
+from ..client.protocols import balancing_channel_args, http_message, http_model_config, http_model_metadata
 from ..registry import Registry
 
 OnDone = Callable[[int, int, "str | None"], None]
@@ -127,7 +127,13 @@ ENGINES: Registry[type[Engine]] = Registry("protocol", key="protocol")
 @ENGINES.register
 class GrpcEngine(Engine):
     """Unary ``ModelInfer``, the request protobuf serialized once per distinct request: async on one
-    channel with completion callbacks, sync on a channel per thread with blocking calls."""
+    channel with completion callbacks, sync on a channel per thread with blocking calls.
+
+    ``spec.url`` may name several replicas (``ipv4:A:P,B:P``, ``dns:///NAME:P``): every channel
+    then spreads its calls round-robin over them and retries a call its replica refused while
+    stopping (UNAVAILABLE, NOT_FOUND) on another replica, as
+    the client SDK does (``client.protocols.balancing_channel_args``); a call that still fails is
+    one of perf's errors, never dropped."""
 
     protocol = "grpc"
     label = "gRPC"
@@ -166,7 +172,8 @@ class GrpcEngine(Engine):
     def _channel(self, own_connection: bool = False):
         """``own_connection``: a subchannel (TCP connection) not shared with the process's other channels."""
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-                   *([("grpc.use_local_subchannel_pool", 1)] if own_connection else [])]
+                   *([("grpc.use_local_subchannel_pool", 1)] if own_connection else []),
+                   *balancing_channel_args(self.spec.url)]
         if self.spec.tls is None:
             return self._grpc.insecure_channel(self.spec.url, options=options)
         return self._grpc.secure_channel(self.spec.url, self.spec.tls.credentials(), options=options)
@@ -197,6 +204,9 @@ class GrpcEngine(Engine):
 
     @staticmethod
     def control_client(url: str, timeout_s: float, tls: GrpcTls | None = None) -> Any:
+        """tritonclient.grpc passes ``url`` to gRPC as the channel target, with gRPC's default
+        pick_first policy: with a target naming several replicas, every control call (readiness,
+        config, statistics) goes to the same one, so the server-side numbers are that replica's."""
         import tritonclient.grpc as grpcclient
 
         if tls is None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import EmitError, ServeError
-from ..emit.pbtxt import read_configs
+from ..storage import RepositorySource, open_repository
 from .watchdog import StubCrash, Watchdog, children, ensembles_using, group_members
 
 LOCAL_BACKENDS = {"python"}  # what this CPU-only server build can host (plus ensembles)
@@ -88,18 +88,16 @@ def backend_directory(install: TritonInstall) -> Path:
     return root
 
 
-def check_repository(repository: Path) -> list[str]:
-    """Model names in ``repository``; ServeError if a model needs a backend this server lacks.
-    Directories whose name starts with '.' (e.g. a killed build's ``.tritongen-staging-*``) are
-    not models."""
-    return list(_repository_configs(repository))
+def check_repository(repository: "Path | str | RepositorySource") -> list[str]:
+    """Model names in ``repository`` (a directory, a storage URI or a resolved source); ServeError
+    if a model needs a backend this server lacks. Directories whose name starts with '.' (e.g. a
+    killed build's ``.tritongen-staging-*``) are not models."""
+    return list(_repository_configs(open_repository(repository)))
 
 
-def _repository_configs(repository: Path) -> dict:
-    if not repository.is_dir():
-        raise ServeError(f"{repository}: no such model repository")
+def _repository_configs(source: RepositorySource) -> dict:
     try:
-        configs = read_configs(repository)
+        configs = source.read_configs()
     except EmitError as exc:
         raise ServeError(str(exc)) from None
     names, unsupported = list(configs), []
@@ -116,9 +114,8 @@ def _repository_configs(repository: Path) -> dict:
             "or serve this repository in the official tritonserver container (see docker/)."
         )
     if not names:
-        raise ServeError(f"{repository}: no models (expected <model>/config.pbtxt)")
+        raise ServeError(f"{source.describe()}: no models (expected <model>/config.pbtxt)")
     return configs
-
 
 
 def _shorten(line: str, limit: int = 600) -> str:
@@ -164,7 +161,7 @@ class TritonServer:
     The Python backend's shared-memory regions are named ``/dev/shm/<shm_prefix>*``; ``stop``
     removes those of this server, also after a crash or a failed start."""
 
-    repository: Path
+    repository: "Path | str | RepositorySource"  # a directory or a storage URI (s3://, gs://, as://)
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
@@ -177,6 +174,7 @@ class TritonServer:
     watch_interval: float = 0.5
     process: subprocess.Popen | None = None
     shm_prefix: str = field(default_factory=lambda: f"tritongen_{os.getpid()}_{secrets.token_hex(4)}_")
+    source: RepositorySource | None = field(default=None, init=False)  # set by start: what tritonserver reads
     _configs: dict = field(default_factory=dict, init=False, repr=False)
     _watchdog: Watchdog | None = field(default=None, init=False, repr=False)
     _load_timeout: float = field(default=180.0, init=False, repr=False)
@@ -223,8 +221,8 @@ class TritonServer:
         return [name for name, c in self._configs.items() if c.platform == "ensemble" or name not in composing]
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
-        self.repository = Path(self.repository).resolve()
-        self._configs = _repository_configs(self.repository)
+        self.source = open_repository(self.repository)
+        self._configs = _repository_configs(self.source)
         for option, port in (("--grpc-port", self.grpc_port), ("--http-port", self.http_port),
                              ("--metrics-port", self.metrics_port)):
             if _port_in_use(port):
@@ -237,7 +235,8 @@ class TritonServer:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
         cmd = [
             str(install.binary),
-            f"--model-repository={self.repository}",
+            # A remote repository: tritonserver reads the credentials from the environment it inherits.
+            f"--model-repository={self.source.location}",
             f"--backend-directory={backend_directory(install)}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
