@@ -280,7 +280,7 @@ def test_replicas_serve_one_target_report_a_dead_replica_and_stop_cleanly(s3, re
         while "replica 1 (gRPC" not in stdout_path.read_text():
             assert time.monotonic() < deadline, stdout_path.read_text()
             time.sleep(0.2)
-        assert "1 of 2 serving" in stdout_path.read_text()
+        assert "is gone: killed by SIGKILL; 1 of 2 serving" in stdout_path.read_text()
         identity_roundtrip(f"127.0.0.1:{grpc_ports[0]}")
     finally:
         if proc.poll() is None:

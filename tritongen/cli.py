@@ -452,10 +452,8 @@ def _serve_replicas(template, replicas: int, stop: threading.Event, timeout: flo
         sys.stdout.flush()
         while not stop.wait(0.5):
             for i, s in group.newly_exited():
-                cause = s.failure_summary().splitlines()[0]
-                console.print(f"[yellow]replica {i} (gRPC {s.grpc_url}) exited unexpectedly (code "
-                              f"{s.process.returncode}): {cause}; {len(group.running())} of {replicas} serving[/]",
-                              highlight=False, soft_wrap=True)
+                console.print(f"[yellow]replica {i} (gRPC {s.grpc_url}) is gone: {s.exit_reason()}; "
+                              f"{len(group.running())} of {replicas} serving[/]", highlight=False, soft_wrap=True)
             if not group.running():
                 raise TritongenError(f"every tritonserver replica exited; last log: {group.servers[-1].log_file}")
     finally:

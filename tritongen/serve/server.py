@@ -294,6 +294,16 @@ class TritonServer:
         cause, _, rest = self.failure_summary().partition("\n")
         return f"tritonserver could not start: {cause}\n{what}\n{rest}"
 
+    def exit_reason(self) -> str:
+        """One line on why the process ended: a signal, a clean stop from outside, or the log's cause."""
+        code = self.process.returncode if self.process is not None else None
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        if code == 0:
+            return "it stopped cleanly (exit code 0: stopped from outside, e.g. a SIGTERM)"
+        cause = next((l for l in self.failure_summary().splitlines() if l.strip("+-| ")), "(the log is empty)")
+        return f"exit code {code}: {cause}"
+
     def failure_summary(self, lines: int = 15) -> str:
         """The log lines that explain a failure, cause first: a service that could not start (a port
         in use), a model that failed to load, then other errors; GPU probing noise left out."""
