@@ -14,7 +14,7 @@ from tritongen.deploy.spec import TRITON_IMAGE
 from tritongen.deploy.validators import kserve_python
 from tritongen.testing.identity import write_identity_model
 
-from .conftest import free_port, run_cli
+from .conftest import free_port, run_cli, start_serve_cli, stop_serve_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_kserve = pytest.mark.skipif(
@@ -252,6 +252,31 @@ def test_cli_capacity_planning_sizes_the_hpa(cpu_repo, tmp_path):
     (deployment,) = by_kind(tmp_path / "k8s")["Deployment"]
     assert deployment["spec"]["replicas"] == 6
 
+
+def test_cli_measures_the_replica_capacity_with_perf(tmp_path):
+    """--capacity-model: one served replica is measured with tritongen perf (binary search on p99
+    within the budget) and the plan uses what it sustained."""
+    import re
+
+    repo = tmp_path / "repo"
+    write_identity_model(repo, "identity")
+    served = start_serve_cli(repo, tmp_path)
+    try:
+        proc = run_cli("deploy", repo, "--target", "compose", "-o", tmp_path / "compose", "--target-rps", "100000",
+                       "--latency-budget", "200", "--capacity-model", "identity", "--capacity-url", served.http_url,
+                       "--capacity-max-concurrency", "4", "--capacity-interval", "500")
+        measured = re.search(r"measured: identity at \S+: ([0-9.]+) infer/s at concurrency (\d) with p99 ([0-9.]+) ms",
+                             proc.stdout)
+        assert measured, proc.stdout
+        rps, p99 = float(measured.group(1)), float(measured.group(3))
+        assert rps > 0 and p99 <= 200 and 1 <= int(measured.group(2)) <= 4
+        assert f"capacity: {rps:g} rps/replica" in proc.stdout  # the plan uses what was measured
+        proc = run_cli("deploy", repo, "--target", "compose", "-o", tmp_path / "c2", "--target-rps", "10",
+                       "--latency-budget", "0.001", "--capacity-model", "identity", "--capacity-url", served.http_url,
+                       "--capacity-max-concurrency", "2", "--capacity-interval", "500", check=False)
+        assert proc.returncode == 1 and "keeps no concurrency within the 0.001 ms p99 budget" in proc.stderr
+    finally:
+        stop_serve_cli(served)
 
 # --- one-line errors ------------------------------------------------------------------------------
 

@@ -831,6 +831,12 @@ def deploy(
     target_rps: Optional[float] = typer.Option(None, help="Capacity planning: requests/s to sustain."),
     latency_budget: Optional[float] = typer.Option(None, help="Capacity planning: latency budget (ms) the capacity was measured at."),
     replica_capacity: Optional[float] = typer.Option(None, help="Capacity planning: requests/s one replica sustains (e.g. from tritongen perf)."),
+    capacity_model: Optional[str] = typer.Option(None, help="Capacity planning: measure --replica-capacity instead, with "
+                                                            "tritongen perf on this model of one served replica."),
+    capacity_url: str = typer.Option("127.0.0.1:8000", help="That replica's HTTP endpoint HOST:PORT."),
+    capacity_images: Optional[Path] = typer.Option(None, help="Images to measure with (encoded-image inputs)."),
+    capacity_max_concurrency: int = typer.Option(16, min=1, help="Highest concurrency the measurement tries."),
+    capacity_interval: int = typer.Option(2000, min=100, help="Measurement window, ms (tritongen perf -p)."),
     utilisation: float = typer.Option(0.7, help="Capacity planning: share of a replica's capacity to plan for."),
     cpu: str = typer.Option("2", help="CPU request and limit per replica."),
     memory: str = typer.Option("8Gi", help="Memory request and limit per replica."),
@@ -843,7 +849,8 @@ def deploy(
 ) -> None:
     """Write and validate manifests that serve REPO_URI in the official Triton container (compose, kubernetes, kserve)."""
     from .deploy import (KUBERNETES_VERSION, TARGETS, CapacityPlan, DeployError, DeploySpec, RepositoryLocation, Scaling,
-                         default_image, deploy as write_manifests, read_profile, read_published_profile)
+                         default_image, deploy as write_manifests, measure_replica_capacity, read_profile,
+                         read_published_profile)
     from .storage import is_store_uri
 
     TARGETS.lookup(target, DeployError)
@@ -860,6 +867,15 @@ def deploy(
     else:
         profile = read_profile(Path(repo_uri) if repository_dir is None else repository_dir)
     source = RepositoryLocation(served, pvc=pvc, pvc_path=pvc_path, credentials_secret=credentials_secret, region=region)
+    if capacity_model is not None:
+        if replica_capacity is not None or latency_budget is None:
+            raise DeployError("--capacity-model measures the capacity within --latency-budget: give the budget, "
+                              "not --replica-capacity")
+        with console.status(f"measuring {capacity_model} at {capacity_url} (tritongen perf, p99 within {latency_budget:g} ms)"):
+            measured = measure_replica_capacity(capacity_model, capacity_url, latency_budget, images=capacity_images,
+                                                max_concurrency=capacity_max_concurrency, interval_ms=capacity_interval)
+        out.print(measured.explain(), highlight=False, soft_wrap=True)
+        replica_capacity = round(measured.rps, 1)  # as printed: the arithmetic below can be followed
     planning = [target_rps, latency_budget, replica_capacity]
     if any(v is not None for v in planning):
         if any(v is None for v in planning):

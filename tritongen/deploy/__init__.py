@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .capacity import CapacityPlan
+from .capacity import CapacityPlan, MeasuredCapacity, measure_replica_capacity
 from .errors import DeployError
 from .profile import RepositoryProfile, StartupBudget, read_profile, read_published_profile
 from .spec import DeploySpec, RepositoryLocation, Scaling, default_image
@@ -17,6 +17,6 @@ def deploy(spec: DeploySpec, target: str, output: Path, kubernetes_version: str 
     return TARGETS.lookup(target, DeployError)().write(spec, Path(output), kubernetes_version)
 
 
-__all__ = ["CapacityPlan", "DeployError", "DeployResult", "DeploySpec", "KUBERNETES_VERSION", "RepositoryProfile",
+__all__ = ["CapacityPlan", "MeasuredCapacity", "measure_replica_capacity", "DeployError", "DeployResult", "DeploySpec", "KUBERNETES_VERSION", "RepositoryProfile",
            "RepositoryLocation", "Scaling", "StartupBudget", "TARGETS", "Target", "VALIDATORS", "default_image",
            "deploy", "read_profile", "read_published_profile", "validate"]
