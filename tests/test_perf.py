@@ -464,11 +464,11 @@ def test_an_interrupted_run_releases_its_shared_memory(perf_server, sig):
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert proc.returncode == 128 + getattr(signal, sig), f"stdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in err, err
     assert not _our_regions(proc.pid) and not _registered(perf_server)
 
