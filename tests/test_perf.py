@@ -453,7 +453,10 @@ def test_an_interrupted_run_releases_its_shared_memory(perf_server, sig):
 
     proc = subprocess.Popen([*TRITONGEN, "perf", "identity", "-i", "grpc", "-u", perf_server.grpc_url, "-p", "5000",
                              "--shared-memory", "system", "--concurrency-range", "2"],
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A suite run in the background (`cmd &`) ignores SIGINT, and a child inherits that:
+                            # give perf the disposition a terminal's foreground process has.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(_registered(perf_server)) < 65 and time.monotonic() < deadline and proc.poll() is None:
