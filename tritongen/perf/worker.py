@@ -219,22 +219,25 @@ class _Worker:
 
     def _blocking(self, conn, delayed: bool) -> str | None:
         with self.send_lock:
-            index = self.next_request % len(self.spec.requests)
-            self.next_request += self.spec.workers
-            self.outstanding += 1
-            self.sent += 1
+            index = self._claim_request()
         start = time.monotonic_ns()
         outcome = conn.infer(index)
         self._finish(start, outcome.sent_ns, outcome.answered_ns, outcome.parsed_ns, outcome.error, delayed)
         return outcome.error
 
     # ------------------------------------------------------------------- one request
+    def _claim_request(self) -> int:
+        """The data item the next request sends (workers take every W-th); counts it outstanding.
+        Called with ``send_lock`` held."""
+        index = self.next_request % len(self.spec.requests)
+        self.next_request += self.spec.workers
+        self.outstanding += 1
+        self.sent += 1
+        return index
+
     def _send(self, generation: int, chained: bool, delayed: bool = False) -> None:
         with self.send_lock:
-            index = self.next_request % len(self.spec.requests)
-            self.next_request += self.spec.workers
-            self.outstanding += 1
-            self.sent += 1
+            index = self._claim_request()
             timing = {"start": time.monotonic_ns()}
 
             def done(answered: int, parsed: int, error: str | None) -> None:
